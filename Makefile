@@ -1,0 +1,30 @@
+# The two commands: `make demo` (the main job end to end) and `make test` (the test suite).
+# Each provides .venv first (scripts/ensure_env.sh): a link to an environment cached outside the
+# clone, keyed by the pinned dependencies, so fresh clones do not download GBs again.
+
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export GX_ANALYTICS_ENABLED ?= false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
+
+.PHONY: env demo test clean-data help
+
+help:
+	@echo "make demo   - run the whole pipeline on the sample videos and print a summary"
+	@echo "make test   - run the test suite"
+	@echo "make env    - only provide .venv"
+	@echo "make clean-data - delete the local data root (tables, registry, samples)"
+
+env:
+	@bash scripts/ensure_env.sh
+
+demo: env
+	$(VENV)/bin/catalogfs demo
+
+test: env
+	$(PYTHON) -m pytest
+
+clean-data:
+	rm -rf data

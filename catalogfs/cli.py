@@ -1,0 +1,41 @@
+"""The ``catalogfs`` command: one subcommand per job, each also runnable with spark-submit."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("jobs.demo", "sample videos → frames → embeddings → validated, published tables; prints a summary"),
+    "make-samples": ("jobs.make_sample_videos", "write the sample videos made from real photos"),
+    "extract-frames": ("jobs.extract_frames", "videos → the frames Delta table"),
+    "embed": ("jobs.embed_frames", "frames → frame/video embeddings and labels (validated, then published)"),
+    "sql": ("jobs.sql", "run a SQL query against the feature catalog and print the result"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: catalogfs <command> [options]   (catalogfs <command> --help for its options)", "",
+             "commands:"]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"catalogfs: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    import importlib
+
+    module = importlib.import_module(COMMANDS[command][0])
+    job_main: Callable[[Sequence[str]], int] = module.main
+    return job_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

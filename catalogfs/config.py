@@ -1,0 +1,282 @@
+"""Typed, frozen configuration loaded from conf/*.yaml.
+
+Layering: ``conf/base.yaml`` first, then each ``--conf FILE`` in order, then ``--set key.path=value``
+overrides. ``${VAR}`` and ``${VAR:-default}`` in string values are expanded from the environment.
+Unknown keys and bad values are errors that name the file (or ``--set``) and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_DIR = Path(os.environ.get("CATALOGFS_CONF_DIR", PROJECT_ROOT / "conf"))
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is wrong; the message names which."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Section):
+    data_root: Path = Field(description="Folder that holds the warehouse, catalog, registry and reports.")
+    database: str = Field(description="Database (schema) of the published tables.")
+
+    @field_validator("database")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"must be a plain SQL identifier (letters, digits, _), got {value!r}")
+        return value
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.data_root / "warehouse"
+
+    @property
+    def metastore_dir(self) -> Path:
+        return self.data_root / "metastore_db"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_root / "staging"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_root / "reports"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.data_root / "samples"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_root / "cache" / "models"
+
+    def table_path(self, table: str) -> Path:
+        """Location of a published table: ``<warehouse>/<database>.db/<table>``."""
+        return self.warehouse_dir / f"{self.database}.db" / table
+
+    def qualified(self, table: str) -> str:
+        return f"{self.database}.{table}"
+
+
+class SparkConfig(_Section):
+    master: str = Field(description="Spark master when not started by spark-submit (which passes its own).")
+    app_name: str = "catalogfs"
+    ivy_cache: Path = Field(description="Ivy cache for the Delta jars resolved from Maven Central.")
+    settings: dict[str, str] = Field(default_factory=dict, description="Extra spark.* settings.")
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = Field("", description="Empty: sqlite:///<data_root>/mlflow.db.")
+    experiment: str = "catalogfs"
+
+
+class SamplesConfig(_Section):
+    seconds: float = Field(4.0, gt=0, le=60)
+    fps: int = Field(24, ge=1, le=60)
+    width: int = Field(640, ge=32, le=3840)
+    height: int = Field(360, ge=32, le=2160)
+
+
+class ExtractConfig(_Section):
+    input: str = Field("", description="Folder or glob of videos; empty means <data_root>/samples.")
+    sample_fps: float = Field(1.0, gt=0, le=60, description="Frames kept per second of video.")
+    max_side: int = Field(640, ge=16, le=8192, description="Longest side of the stored JPEG.")
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    max_frames_per_video: int = Field(3600, ge=1)
+
+
+class ModelConfig(_Section):
+    name: str = Field(description="Registered model name in the MLflow registry.")
+    alias: str = "champion"
+    register_default: bool = Field(True, description="Register the bundled default model when absent.")
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+class InferenceConfig(_Section):
+    batch_size: int = Field(32, ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(1, ge=1, le=256, description="torch threads per Python worker.")
+    top_k: int = Field(5, ge=1, le=100, description="Labels kept per frame.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb limit (width*height).")
+
+
+class LabelsConfig(_Section):
+    top_k_per_video: int = Field(5, ge=1, le=100)
+
+
+class ValidationConfig(_Section):
+    norm_tolerance: float = Field(1e-3, gt=0, lt=1)
+    max_reject_rate: float = Field(0.5, ge=0, le=1)
+
+
+class Config(_Section):
+    """The whole configuration of one run."""
+
+    storage: StorageConfig
+    spark: SparkConfig
+    mlflow: MlflowConfig
+    samples: SamplesConfig
+    extract: ExtractConfig
+    model: ModelConfig
+    inference: InferenceConfig
+    labels: LabelsConfig
+    validation: ValidationConfig
+    sources: tuple[str, ...] = Field(default=(), description="Files the config was read from.")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.storage.data_root / 'mlflow.db'}"
+
+    @property
+    def input_pattern(self) -> str:
+        return self.extract.input or str(self.storage.samples_dir)
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is None or (found == "" and default is not None):
+                if default is None:
+                    raise KeyError(name)
+                return default
+            return found
+
+        return _ENV_REF.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def _merge(target: dict[str, Any], source: Mapping[str, Any], origin: str,
+           origins: dict[str, str], prefix: str = "") -> None:
+    """Deep-merge ``source`` into ``target``, remembering which file set each dotted key."""
+    for key, value in source.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict) and dotted != "spark.settings":
+            _merge(target[key], value, origin, origins, dotted + ".")
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            target[key] = {**target[key], **value}
+            for sub in value:
+                origins[f"{dotted}.{sub}"] = origin
+        else:
+            target[key] = dict(value) if isinstance(value, Mapping) else value
+        origins[dotted] = origin
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return _expand_env(data)
+    except KeyError as exc:
+        raise ConfigError(f"{path}: environment variable {exc.args[0]} is not set (no default given)") from exc
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` → (``a.b``, YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    if dotted.startswith("spark.settings."):
+        return {"spark": {"settings": {dotted[len("spark.settings."):]: value}}}
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _resolve_path(value: Path) -> Path:
+    expanded = Path(os.path.expanduser(str(value)))
+    return expanded if expanded.is_absolute() else (PROJECT_ROOT / expanded).resolve()
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                *, conf_dir: Path | None = None) -> Config:
+    """Load ``base.yaml`` + ``paths`` + ``overrides`` into a frozen :class:`Config`.
+
+    Raises :class:`ConfigError` naming the file and dotted key of the first problem.
+    """
+    conf_dir = conf_dir or DEFAULT_CONF_DIR
+    base = conf_dir / "base.yaml"
+    files = [base] + [Path(p) for p in paths if Path(p).resolve() != base.resolve()]
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for path in files:
+        _merge(merged, _read_yaml(path), str(path), origins)
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(merged, _expand_env(_nest(key, value)), f"--set {key}", origins)
+    merged["sources"] = tuple(str(p) for p in files)
+    try:
+        cfg = Config.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            dotted = ".".join(str(p) for p in err["loc"])
+            origin = _origin_of(dotted, origins, str(files[-1]))
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{origin}: unknown key '{dotted}'")
+            elif err["type"] == "missing":
+                problems.append(f"{origin}: missing key '{dotted}'")
+            else:
+                problems.append(f"{origin}: bad value for '{dotted}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("; ".join(problems)) from None
+    storage = cfg.storage.model_copy(update={"data_root": _resolve_path(cfg.storage.data_root)})
+    spark = cfg.spark.model_copy(update={"ivy_cache": _resolve_path(cfg.spark.ivy_cache)})
+    return cfg.model_copy(update={"storage": storage, "spark": spark})
+
+
+def _origin_of(dotted: str, origins: Mapping[str, str], fallback: str) -> str:
+    key = dotted
+    while key:
+        if key in origins:
+            return origins[key]
+        key = key.rpartition(".")[0]
+    return fallback

@@ -1,0 +1,98 @@
+"""What every job's ``main(argv)`` shares: arguments, config, logging, Spark, exit codes.
+
+Exit codes (documented in the README):
+  0 success · 1 unexpected error (a bug: traceback shown) · 2 bad config or arguments ·
+  3 validation failed, nothing published · 4 missing input (no videos, no table, no model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+from catalogfs.config import ConfigError, Config, load_config
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_VALIDATION = 3
+EXIT_INPUT = 4
+
+log = logging.getLogger("catalogfs")
+
+
+class InputError(RuntimeError):
+    """Input the job needs is missing or unusable (no videos, no frames table, …)."""
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conf", action="append", default=[], metavar="FILE",
+                        help="YAML config layered over conf/base.yaml (repeatable; default conf/local.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one config key, e.g. --set inference.batch_size=16 (repeatable)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+
+
+def setup_logging(level: str, quiet: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else getattr(logging, level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "pyspark", "great_expectations", "urllib3", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    from catalogfs.config import DEFAULT_CONF_DIR
+
+    paths = args.conf or [str(DEFAULT_CONF_DIR / "local.yaml")]
+    return load_config(paths, args.overrides)
+
+
+def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, prog: str,
+             description: str, report: Callable[[Any, Config], None] | None = None,
+             configure: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse ``argv``, load config, build Spark, run ``job(spark, cfg)``, map failures to exit codes."""
+    from pyspark.errors import AnalysisException
+
+    from features.embedding_run import ValidationFailed
+    from udfs.model_registry import ModelResolutionError
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_arguments(parser)
+    if configure:
+        configure(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.quiet)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        from catalogfs.spark import build_spark
+
+        spark = build_spark(cfg)
+        result = job(spark, cfg, **_job_kwargs(args, configure))
+        if report is not None:
+            report(result, cfg)
+        return EXIT_OK
+    except ValidationFailed as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_VALIDATION
+    except (InputError, ModelResolutionError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except ConfigError as exc:
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AnalysisException as exc:  # a missing table or column, bad SQL
+        print(f"{prog}: {exc.getMessage() if hasattr(exc, 'getMessage') else exc}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def _job_kwargs(args: argparse.Namespace, configure) -> dict[str, Any]:
+    """Job-specific arguments (those added by ``configure``) passed through as keywords."""
+    common = {"conf", "overrides", "log_level", "quiet"}
+    return {k: v for k, v in vars(args).items() if k not in common} if configure else {}

@@ -1,0 +1,77 @@
+"""One Great Expectations suite per published table, built in code with thresholds as parameters.
+
+The suites run against the *candidate* DataFrames (staging) after
+:mod:`expectations.vector_checks` has added the vector columns they test.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402
+import great_expectations.expectations as gxe  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SuiteParams:
+    dim: int
+    norm_tolerance: float
+    max_reject_rate: float
+    expected_rows: int | None = None
+
+
+def _keys_not_null(keys: tuple[str, ...]) -> list:
+    return [gxe.ExpectColumnValuesToNotBeNull(column=k) for k in keys]
+
+
+def _vector_expectations(p: SuiteParams) -> list:
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column="emb_dim", min_value=p.dim, max_value=p.dim),
+        gxe.ExpectColumnValuesToBeBetween(column="emb_norm", min_value=1 - p.norm_tolerance,
+                                          max_value=1 + p.norm_tolerance),
+        gxe.ExpectColumnValuesToBeInSet(column="emb_finite", value_set=[True]),
+    ]
+
+
+def frame_embeddings_suite(p: SuiteParams) -> gx.ExpectationSuite:
+    keys = ("video_id", "frame_ts_ms", "embedding_space")
+    expectations = [
+        *_keys_not_null(keys),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(keys)),
+        *_vector_expectations(p),
+        gxe.ExpectColumnValuesToBeInSet(column="emb_missing_when_ok", value_set=[False]),
+        gxe.ExpectColumnValuesToBeBetween(column="label_score_min", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeBetween(column="label_score_max", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToNotBeNull(column="model_version"),
+        # The reject rate: at most max_reject_rate of the frames may carry a non-ok status.
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"],
+                                        mostly=max(1.0 - p.max_reject_rate, 0.0)),
+    ]
+    if p.expected_rows is not None:  # one output row per input frame
+        expectations.append(gxe.ExpectTableRowCountToEqual(value=p.expected_rows))
+    return gx.ExpectationSuite(name="frame_embeddings", expectations=expectations)
+
+
+def video_embeddings_suite(p: SuiteParams) -> gx.ExpectationSuite:
+    keys = ("video_id", "embedding_space")
+    return gx.ExpectationSuite(name="video_embeddings", expectations=[
+        *_keys_not_null(keys),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(keys)),
+        gxe.ExpectColumnValuesToNotBeNull(column="embedding"),
+        *_vector_expectations(p),
+        gxe.ExpectColumnValuesToBeBetween(column="n_frames", min_value=1),
+    ])
+
+
+def video_labels_suite(p: SuiteParams) -> gx.ExpectationSuite:
+    keys = ("video_id", "embedding_space", "label")
+    return gx.ExpectationSuite(name="video_labels", expectations=[
+        *_keys_not_null(keys),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(keys)),
+        gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="n_frames_supporting", min_value=1),
+    ])

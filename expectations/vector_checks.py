@@ -1,0 +1,33 @@
+"""Vector checks that Great Expectations lacks, computed as ordinary columns the suites can test.
+
+``emb_dim``, ``emb_norm``, ``emb_finite`` and ``emb_missing_when_ok`` are null/false-safe: rows
+without a vector (non-ok status) get nulls, which GE's column expectations skip.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+
+def with_vector_checks(df: DataFrame, *, embedding: str = "embedding") -> DataFrame:
+    """Add emb_dim, emb_norm, emb_finite (and emb_missing_when_ok when a status column exists)."""
+    vec = F.col(embedding)
+    finite = F.aggregate(
+        vec, F.lit(True),
+        lambda acc, x: acc & ~F.isnan(x) & (F.abs(x) != F.lit(float("inf"))),
+    )
+    out = (df.withColumn("emb_dim", F.size(vec))
+           .withColumn("emb_dim", F.when(vec.isNotNull(), F.col("emb_dim")))
+           .withColumn("emb_norm", F.sqrt(F.aggregate(vec, F.lit(0.0).cast("double"),
+                                                      lambda acc, x: acc + x.cast("double") * x)))
+           .withColumn("emb_finite", finite))
+    if "status" in df.columns:
+        out = out.withColumn("emb_missing_when_ok", (F.col("status") == "ok") & vec.isNull())
+    return out
+
+
+def with_score_checks(df: DataFrame, *, scores: str = "label_scores") -> DataFrame:
+    """Add label_score_min / label_score_max over an array of scores."""
+    return (df.withColumn("label_score_min", F.array_min(F.col(scores)))
+            .withColumn("label_score_max", F.array_max(F.col(scores))))

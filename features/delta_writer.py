@@ -1,0 +1,103 @@
+"""The one module that writes Delta: tables, staging, merges and commit metadata.
+
+Published tables live in the catalog database at ``<warehouse>/<database>.db/<table>``. Staging
+tables are path-based, per run, under ``<data_root>/staging/<run_id>/``; they are what validation
+reads and what publish copies from, so the expensive computation runs once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from catalogfs.config import StorageConfig
+from features.tables import ALL_TABLES, TableDef
+
+log = logging.getLogger(__name__)
+
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+def ensure_catalog(spark: SparkSession, storage: StorageConfig,
+                   tables: Sequence[TableDef] = ALL_TABLES) -> None:
+    """Create the database and the tables (empty, with their schemas) when missing."""
+    if not spark.catalog.databaseExists(storage.database):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{storage.database}` COMMENT 'catalogfs feature store'")
+    for table in tables:
+        (DeltaTable.createIfNotExists(spark)
+         .tableName(storage.qualified(table.name))
+         .addColumns(table.schema)
+         .comment(table.comment)
+         .property("catalogfs.keys", ",".join(table.keys))
+         .execute())
+
+
+def table_version(spark: SparkSession, storage: StorageConfig, table: str) -> int:
+    """Latest Delta version of a published table."""
+    row = DeltaTable.forName(spark, storage.qualified(table)).history(1).select("version").first()
+    return int(row["version"]) if row else -1
+
+
+@contextmanager
+def commit_metadata(spark: SparkSession, metadata: Mapping[str, str]) -> Iterator[None]:
+    """Attach ``metadata`` (JSON) as Delta commit userMetadata to the commits made inside."""
+    spark.conf.set(_USER_METADATA, json.dumps(dict(metadata), sort_keys=True))
+    try:
+        yield
+    finally:
+        spark.conf.unset(_USER_METADATA)
+
+
+def write_staging(df: DataFrame, path: Path) -> DataFrame:
+    """Materialise ``df`` as a Delta table at ``path`` (overwrite) and return it read back."""
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(str(path))
+    return df.sparkSession.read.format("delta").load(str(path))
+
+
+def drop_staging(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def scope_condition(column: str, values: Sequence[str], *, alias: str = "t") -> str:
+    """``t.column IN ('a', 'b')`` with each value quoted as a SQL string literal."""
+    if not values:
+        return "false"
+    return f"{alias}.`{column}` IN ({', '.join(_sql_literal(v) for v in values)})"
+
+
+def merge_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, source: DataFrame, *,
+               update_condition: str | None = None, delete_scope: str | None = None) -> None:
+    """MERGE ``source`` into a published table on its keys.
+
+    Matched rows are updated (only where ``update_condition`` holds, if given), new rows inserted;
+    with ``delete_scope``, target rows inside that scope that the source lacks are deleted, so the
+    scope ends up holding exactly the source's rows. One Delta commit.
+    """
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in table.keys)
+    columns = [f.name for f in table.schema.fields]
+    assignments = {f"`{c}`": F.col(f"s.`{c}`") for c in columns}
+    merge = (DeltaTable.forName(spark, storage.qualified(table.name)).alias("t")
+             .merge(source.select(*columns).alias("s"), on)
+             .whenMatchedUpdate(condition=update_condition, set=assignments)
+             .whenNotMatchedInsert(values=assignments))
+    if delete_scope:
+        merge = merge.whenNotMatchedBySourceDelete(condition=delete_scope)
+    merge.execute()
+
+
+def append_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, rows: DataFrame) -> None:
+    """Append to a published table (used for the lineage table)."""
+    columns = [f.name for f in table.schema.fields]
+    rows.select(*columns).write.format("delta").mode("append").saveAsTable(storage.qualified(table.name))

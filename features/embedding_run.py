@@ -1,0 +1,230 @@
+"""Frames → candidate features → validation → publish, for one resolved model version.
+
+Write-audit-publish:
+
+1. **Candidates**: frames whose (key, content hash) has no row in the target embedding space go
+   through the embed UDF into a staging table; video embeddings and labels are recomputed for the
+   videos those frames belong to (from the candidates plus the unchanged published frames).
+2. **Audit**: the Great Expectations suites run on the staged candidates.
+3. **Publish**: only if every suite passed, one MERGE per published table; a lineage row goes to
+   ``feature_versions`` either way. A failed audit leaves the published tables untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from catalogfs.config import Config
+from expectations.runner import ValidationOutcome, validate_candidates
+from expectations.suites import SuiteParams, frame_embeddings_suite, video_embeddings_suite, video_labels_suite
+from expectations.vector_checks import with_score_checks, with_vector_checks
+from features import delta_writer
+from features.pooling import aggregate_video_labels, pool_video_embeddings
+from features.spaces import EmbeddingSpace
+from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from udfs.engine import EngineOptions
+from udfs.model_registry import ResolvedModel
+from udfs.spark_udf import make_embed_udf
+
+log = logging.getLogger(__name__)
+
+FRAME_KEYS = ["video_id", "frame_ts_ms"]
+
+
+class ValidationFailed(RuntimeError):
+    """Candidates failed their suites; nothing was published. The message names what failed."""
+
+    def __init__(self, outcome: ValidationOutcome, report_dir: str) -> None:
+        self.outcome = outcome
+        self.report_dir = report_dir
+        lines = "\n  - ".join(outcome.failures)
+        super().__init__(f"validation failed, nothing published; report: {report_dir}\n  - {lines}")
+
+
+@dataclass
+class EmbedResult:
+    run_id: str
+    space: EmbeddingSpace
+    frames_total: int = 0
+    frames_embedded: int = 0
+    forward_passes: int = 0
+    videos_updated: list[str] = field(default_factory=list)
+    status_counts: dict[str, int] = field(default_factory=dict)
+    table_versions: dict[str, int] = field(default_factory=dict)
+    validation: ValidationOutcome | None = None
+    report_dir: str | None = None
+    published: bool = False
+    seconds: float = 0.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames_embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def engine_options(cfg: Config) -> EngineOptions:
+    inf = cfg.inference
+    return EngineOptions(batch_size=inf.batch_size, device=inf.device, num_threads=inf.num_threads,
+                         top_k=inf.top_k, max_image_pixels=inf.max_image_pixels)
+
+
+def frames_to_embed(frames: DataFrame, published: DataFrame) -> DataFrame:
+    """Frames whose (video_id, frame_ts_ms, content_sha256) has no row in ``published`` (one space)."""
+    done = published.select(*FRAME_KEYS, F.col("content_sha256").alias("_done_sha"))
+    cond = [frames[k] == done[k] for k in FRAME_KEYS] + [frames["content_sha256"].eqNullSafe(done["_done_sha"])]
+    return frames.join(done, cond, "left_anti")
+
+
+def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: ResolvedModel,
+                             space: EmbeddingSpace, cfg: Config, *, run_id: str,
+                             computed_at: datetime, forward_passes=None) -> DataFrame:
+    """Run the embed UDF over ``frames``; returns rows with the ``frame_embeddings`` schema.
+
+    Frames that arrived with a non-ok status keep it (and get no vector); frames the engine could
+    not decode get the engine's status.
+    """
+    udf = make_embed_udf(model.source_uri, engine_options(cfg),
+                         cache_dir=str(cfg.storage.model_cache_dir / model.name / model.version),
+                         forward_passes=forward_passes)
+    frame_ok = F.col("status") == "ok"
+    out = frames.withColumn("_r", udf(F.col("image")))
+    return out.select(
+        "video_id", "frame_ts_ms",
+        F.lit(space.id).alias("embedding_space"),
+        F.when(frame_ok, F.col("_r.embedding")).alias("embedding"),
+        "content_sha256",
+        F.when(frame_ok, F.col("_r.labels")).alias("labels"),
+        F.when(frame_ok, F.col("_r.label_scores")).alias("label_scores"),
+        F.when(frame_ok, F.col("_r.status")).otherwise(F.col("status")).alias("status"),
+        F.when(frame_ok, F.col("_r.error")).otherwise(F.col("error")).alias("error"),
+        F.lit(model.name).alias("model_name"),
+        F.lit(model.version).alias("model_version"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(computed_at).cast("timestamp").alias("computed_at"),
+    )
+
+
+def next_frame_state(frames: DataFrame, candidates: DataFrame, published: DataFrame,
+                     video_ids: list[str]) -> DataFrame:
+    """The frame embeddings the affected videos will have after publish (candidates win)."""
+    current = frames.where(F.col("video_id").isin(video_ids)).select(*FRAME_KEYS, "content_sha256")
+    merged = candidates.unionByName(
+        published.where(F.col("video_id").isin(video_ids))
+        .join(candidates.select(*FRAME_KEYS), FRAME_KEYS, "left_anti"))
+    cond = [current[k] == merged[k] for k in FRAME_KEYS] + [current["content_sha256"].eqNullSafe(merged["content_sha256"])]
+    return merged.join(current, cond, "left_semi")
+
+
+def _video_rows(df: DataFrame, *, run_id: str, computed_at: datetime, extra: dict) -> DataFrame:
+    df = df.withColumn("run_id", F.lit(run_id)).withColumn("computed_at", F.lit(computed_at).cast("timestamp"))
+    for name, value in extra.items():
+        df = df.withColumn(name, F.lit(value))
+    return df
+
+
+def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run_id: str) -> EmbedResult:
+    """Embed what is new in ``frames`` into ``model``'s space, audit it, publish it. See module doc."""
+    storage = cfg.storage
+    space = EmbeddingSpace.for_model(model)
+    result = EmbedResult(run_id=run_id, space=space)
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    delta_writer.ensure_catalog(spark, storage)
+
+    frames = spark.table(storage.qualified(FRAMES.name))
+    published = spark.table(storage.qualified(FRAME_EMBEDDINGS.name)).where(F.col("embedding_space") == space.id)
+    result.frames_total = frames.count()
+    todo = frames_to_embed(frames, published)
+    n_todo = todo.count()
+    if n_todo == 0:
+        log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
+        result.seconds = time.monotonic() - t0
+        result.table_versions = {t.name: delta_writer.table_version(spark, storage, t.name)
+                                 for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+        return result
+
+    staging = storage.staging_dir / run_id
+    partitions = max(1, min(spark.sparkContext.defaultParallelism * 2, math.ceil(n_todo / cfg.inference.batch_size)))
+    accumulator = spark.sparkContext.accumulator(0)
+    candidates = compute_frame_candidates(
+        spark, todo.repartition(partitions), model, space, cfg, run_id=run_id, computed_at=started,
+        forward_passes=accumulator)
+    log.info("embedding %d frames into space %s", n_todo, space.id)
+    candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
+    result.forward_passes = int(accumulator.value)
+    result.frames_embedded = n_todo
+    result.status_counts = {r["status"]: int(r["count"]) for r in candidates.groupBy("status").count().collect()}
+    video_ids = sorted(r["video_id"] for r in candidates.select("video_id").distinct().collect())
+    result.videos_updated = video_ids
+
+    state = next_frame_state(frames, candidates, published, video_ids)
+    extra = {}
+    video_emb = delta_writer.write_staging(
+        _video_rows(pool_video_embeddings(state), run_id=run_id, computed_at=started, extra=extra),
+        staging / VIDEO_EMBEDDINGS.name)
+    video_lab = delta_writer.write_staging(
+        _video_rows(aggregate_video_labels(state, top_k=cfg.labels.top_k_per_video), run_id=run_id,
+                    computed_at=started, extra={"taxonomy_version": space.taxonomy_version}),
+        staging / VIDEO_LABELS.name)
+
+    params = SuiteParams(dim=space.dim, norm_tolerance=cfg.validation.norm_tolerance,
+                         max_reject_rate=cfg.validation.max_reject_rate, expected_rows=n_todo)
+    report_dir = storage.reports_dir / run_id / "validation"
+    outcome = validate_candidates({
+        FRAME_EMBEDDINGS.name: (with_score_checks(with_vector_checks(candidates)), frame_embeddings_suite(params)),
+        VIDEO_EMBEDDINGS.name: (with_vector_checks(video_emb), video_embeddings_suite(params)),
+        VIDEO_LABELS.name: (video_lab, video_labels_suite(params)),
+    }, report_dir)
+    result.validation, result.report_dir = outcome, str(report_dir)
+
+    if outcome.success:
+        publish_candidates(spark, cfg, space, candidates, video_emb, video_lab, video_ids, run_id=run_id)
+        result.published = True
+    result.table_versions = {t.name: delta_writer.table_version(spark, storage, t.name)
+                             for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+    result.seconds = time.monotonic() - t0
+    record_lineage(spark, cfg, model, space, result, started=started)
+    delta_writer.drop_staging(staging)
+    if not outcome.success:
+        raise ValidationFailed(outcome, str(report_dir))
+    return result
+
+
+def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_emb: DataFrame,
+                       video_emb: DataFrame, video_lab: DataFrame, video_ids: list[str], *, run_id: str) -> None:
+    """One MERGE per published table; the affected videos' video rows are replaced as a whole."""
+    storage = cfg.storage
+    scope = f"t.embedding_space = '{space.id}' AND " + delta_writer.scope_condition("video_id", video_ids)
+    metadata = {"run_id": run_id, "embedding_space": space.id, "model_name": space.model_name,
+                "model_version": space.model_version}
+    with delta_writer.commit_metadata(spark, metadata):
+        delta_writer.merge_rows(spark, storage, FRAME_EMBEDDINGS, frame_emb)
+        delta_writer.merge_rows(spark, storage, VIDEO_EMBEDDINGS, video_emb, delete_scope=scope)
+        delta_writer.merge_rows(spark, storage, VIDEO_LABELS, video_lab, delete_scope=scope)
+
+
+def record_lineage(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace,
+                   result: EmbedResult, *, started: datetime) -> None:
+    """Append this attempt to ``feature_versions`` (published or rejected)."""
+    outcome = result.validation
+    row = {
+        "run_id": result.run_id, "embedding_space": space.id, "model_name": model.name,
+        "model_version": model.version, "model_uri": model.uri, "preprocess_hash": space.preprocess_hash,
+        "dim": space.dim, "metric": space.metric,
+        "status": "published" if result.published else "rejected",
+        "validation_success": None if outcome is None else str(outcome.success).lower(),
+        "validation_report": result.report_dir,
+        "failed_expectations": None if outcome is None or outcome.success else json.dumps(outcome.failures),
+        "table_versions": json.dumps(result.table_versions, sort_keys=True),
+        "frames_embedded": result.frames_embedded,
+        "started_at": started, "finished_at": datetime.now(timezone.utc),
+    }
+    df = spark.createDataFrame([row], FEATURE_VERSIONS.schema)
+    delta_writer.append_rows(spark, cfg.storage, FEATURE_VERSIONS, df)

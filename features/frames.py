@@ -1,0 +1,70 @@
+"""The frames table: build frame rows from videos on the executors and publish them.
+
+Re-extracting a video replaces its rows: changed frames are updated, new ones inserted, frames
+that no longer exist (another sample rate, a shorter re-upload) deleted. An extraction that changes
+nothing writes no commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator, Sequence
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from catalogfs.config import StorageConfig
+from features import delta_writer
+from features.tables import FRAMES
+from features.video_frames import ExtractOptions, extract_video_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FramesPublish:
+    videos: int
+    frames: int
+    status_counts: dict[str, int]
+    changed_rows: int
+    table_version: int
+
+
+def frames_dataframe(spark: SparkSession, videos: Sequence[tuple[str, str]], options: ExtractOptions) -> DataFrame:
+    """A DataFrame with the ``frames`` schema, decoded on the executors (one task per few videos)."""
+    columns = FRAMES.schema.fieldNames()
+    now = datetime.now(timezone.utc)
+
+    def extract(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            for video_id, uri in zip(pdf["video_id"], pdf["uri"]):
+                rows = list(extract_video_frames(video_id, uri, options, now=now))
+                yield pd.DataFrame(rows, columns=columns)
+
+    parallelism = max(1, min(len(videos), spark.sparkContext.defaultParallelism * 2))
+    source = spark.createDataFrame(list(videos), "video_id string, uri string").repartition(parallelism)
+    return source.mapInPandas(extract, FRAMES.schema)
+
+
+def publish_frames(spark: SparkSession, storage: StorageConfig, staged: DataFrame,
+                   video_ids: Sequence[str], *, run_id: str) -> FramesPublish:
+    """Make the ``frames`` rows of ``video_ids`` equal to ``staged`` (one MERGE, or none if equal)."""
+    current = spark.table(storage.qualified(FRAMES.name)).where(F.col("video_id").isin(list(video_ids)))
+    compare = ["video_id", "frame_ts_ms", "content_sha256", "status"]
+    changed = (staged.select(*compare).exceptAll(current.select(*compare)).count()
+               + current.select(*compare).exceptAll(staged.select(*compare)).count())
+    counts = {r["status"]: int(r["count"]) for r in staged.groupBy("status").count().collect()}
+    if changed:
+        with delta_writer.commit_metadata(spark, {"run_id": run_id, "job": "extract_frames"}):
+            delta_writer.merge_rows(
+                spark, storage, FRAMES, staged,
+                update_condition="NOT (t.content_sha256 <=> s.content_sha256) OR t.status <> s.status",
+                delete_scope=delta_writer.scope_condition("video_id", list(video_ids)),
+            )
+    return FramesPublish(
+        videos=len(video_ids), frames=counts.get("ok", 0), status_counts=counts, changed_rows=changed,
+        table_version=delta_writer.table_version(spark, storage, FRAMES.name),
+    )

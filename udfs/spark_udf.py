@@ -1,0 +1,49 @@
+"""The thin Spark wrapper around the engine: an Iterator pandas UDF, image bytes → result struct.
+
+The model bundle is opened once per Python worker (:func:`udfs.engine.cached_engine`), on the
+first batch the worker sees, and reused for every later batch and task on that worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+from pyspark.sql.functions import pandas_udf
+
+from udfs.engine import EngineOptions, cached_engine
+from udfs.model_registry import local_bundle_dir
+
+EMBED_RESULT_DDL = (
+    "struct<embedding: array<float>, status: string, error: string, "
+    "labels: array<string>, label_scores: array<float>>"
+)
+
+
+def make_embed_udf(bundle_uri: str, options: EngineOptions, *, cache_dir: str,
+                   forward_passes=None):
+    """Build the pandas UDF for one resolved model version.
+
+    ``bundle_uri`` is the registry's download URI of the version; ``cache_dir`` is where a worker
+    that cannot read it directly keeps a local copy. ``forward_passes`` is an optional Spark
+    accumulator that receives the number of model forward passes run.
+    """
+
+    @pandas_udf(EMBED_RESULT_DDL)  # type: ignore[call-overload]
+    def embed_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        engine = cached_engine(local_bundle_dir(bundle_uri, Path(cache_dir)), options)
+        for images in batches:
+            result = engine.embed(images.tolist())
+            if forward_passes is not None and result.forward_passes:
+                forward_passes.add(result.forward_passes)
+            yield pd.DataFrame({
+                "embedding": result.embeddings,
+                "status": result.statuses,
+                "error": result.errors,
+                "labels": result.label_names,
+                "label_scores": result.label_scores,
+            })
+
+    return embed_images
+
