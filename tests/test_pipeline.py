@@ -1,0 +1,141 @@
+"""The main job end to end on real parts: H.264 sample videos → frames → EfficientNet-Lite0 →
+validated, published Delta tables in a persistent catalog, lineage in MLflow and feature_versions."""
+
+import json
+
+import numpy as np
+import pytest
+
+from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from features import delta_writer
+from jobs import embed_frames, extract_frames
+from tests.conftest import with_database
+
+CAT_CLASSES = {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese", "Egyptian cat"}
+PHOTOS = tuple(p for p in SAMPLE_PHOTOS if p.video_id in ("cat_chelsea", "coffee_cup"))
+
+
+@pytest.fixture(scope="module")
+def e2e(spark, cfg, tmp_path_factory):
+    cfg = with_database(cfg, "e2e_features")
+    videos = tmp_path_factory.mktemp("e2e_videos")
+    paths = make_sample_videos(videos, seconds=2.0, fps=12, width=320, height=180, photos=PHOTOS)
+    write_corrupt_sample(videos, source=paths[0])
+    extracted = extract_frames.run(spark, cfg, input=str(videos))
+    embedded = embed_frames.run(spark, cfg)
+    return cfg, videos, extracted, embedded
+
+
+def test_frames_table(spark, e2e):
+    cfg, _, extracted, _ = e2e
+    rows = spark.table(cfg.storage.qualified("frames")).orderBy("video_id", "frame_ts_ms").collect()
+    assert [(r.video_id, r.frame_ts_ms, r.status) for r in rows] == [
+        ("cat_chelsea", 0, "ok"), ("cat_chelsea", 1000, "ok"),
+        ("coffee_cup", 0, "ok"), ("coffee_cup", 1000, "ok"),
+        ("corrupt_upload", -1, "video_unreadable"),
+    ]
+    assert rows[-1].image is None and rows[-1].error
+    assert extracted.publish.status_counts == {"ok": 4, "video_unreadable": 1}
+
+
+def test_frame_embeddings_one_row_per_frame_unit_norm(spark, e2e):
+    cfg, _, _, embedded = e2e
+    fe = spark.table(cfg.storage.qualified("frame_embeddings")).orderBy("video_id", "frame_ts_ms").collect()
+    frames = spark.table(cfg.storage.qualified("frames")).collect()
+    assert {(r.video_id, r.frame_ts_ms) for r in fe} == {(r.video_id, r.frame_ts_ms) for r in frames}
+    ok = [r for r in fe if r.status == "ok"]
+    assert len(ok) == 4
+    for r in ok:
+        vec = np.asarray(r.embedding, dtype=np.float32)
+        assert vec.shape == (1280,) and np.isfinite(vec).all()
+        assert abs(float(np.linalg.norm(vec)) - 1) < 1e-4
+        assert r.embedding_space == embedded.space.id
+        assert (r.model_name, r.model_version) == ("efficientnet_lite0_imagenet", "1")
+        assert r.run_id == embedded.run_id
+    bad = [r for r in fe if r.status != "ok"]
+    assert [(r.video_id, r.status, r.embedding) for r in bad] == [("corrupt_upload", "video_unreadable", None)]
+    assert embedded.frames_embedded == 5 and embedded.forward_passes >= 1
+
+
+def test_video_embeddings_are_renormalised_means(spark, e2e):
+    cfg, _, _, embedded = e2e
+    fe = spark.table(cfg.storage.qualified("frame_embeddings")).where("status = 'ok'").collect()
+    ve = {r.video_id: r for r in spark.table(cfg.storage.qualified("video_embeddings")).collect()}
+    assert set(ve) == {"cat_chelsea", "coffee_cup"}
+    for vid, row in ve.items():
+        frames = np.stack([np.asarray(r.embedding, dtype=np.float64) for r in fe if r.video_id == vid])
+        expected = frames.mean(axis=0)
+        expected /= np.linalg.norm(expected)
+        np.testing.assert_allclose(np.asarray(row.embedding), expected, atol=1e-5)
+        assert row.n_frames == 2 and row.embedding_space == embedded.space.id
+
+
+def test_video_labels_cat_and_coffee(spark, e2e):
+    cfg, _, _, _ = e2e
+    labels = spark.table(cfg.storage.qualified("video_labels")).orderBy("video_id", "rank").collect()
+    top = {r.video_id: r.label for r in labels if r.rank == 1}
+    assert top["coffee_cup"] == "espresso"
+    assert top["cat_chelsea"] in CAT_CLASSES
+    for r in labels:
+        assert 0 <= r.score <= 1 and 1 <= r.n_frames_supporting <= 2 and r.taxonomy_version == "imagenet-1k"
+    cat_scores = [r.score for r in labels if r.video_id == "cat_chelsea"]
+    assert cat_scores == sorted(cat_scores, reverse=True) and len(cat_scores) == cfg.labels.top_k_per_video
+
+
+def test_independent_reader_sees_the_same_tables(e2e):
+    from deltalake import DeltaTable
+
+    cfg, _, _, _ = e2e
+    path = cfg.storage.table_path("frame_embeddings")
+    assert path.exists()
+    df = DeltaTable(str(path)).to_pandas()
+    assert not df.duplicated(["video_id", "frame_ts_ms", "embedding_space"]).any()
+    ok = df[df.status == "ok"]
+    norms = [float(np.linalg.norm(np.asarray(v, dtype=np.float64))) for v in ok.embedding]
+    assert len(ok) == 4 and max(abs(n - 1) for n in norms) < 1e-4
+    labels = DeltaTable(str(cfg.storage.table_path("video_labels"))).to_pandas()
+    assert labels[(labels.video_id == "cat_chelsea") & (labels["rank"] == 1)].label.iloc[0] in CAT_CLASSES
+
+
+def test_lineage_and_mlflow_run(spark, e2e):
+    import mlflow
+
+    cfg, _, _, embedded = e2e
+    rows = spark.table(cfg.storage.qualified("feature_versions")).collect()
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.status, row.validation_success, row.model_version) == ("published", "true", "1")
+    assert json.loads(row.table_versions) == embedded.table_versions
+    assert row.validation_report and (cfg.storage.data_root / row.validation_report).exists()
+    run = mlflow.get_run(embedded.run_id)
+    assert run.data.metrics["frames_embedded"] == 5
+    assert run.data.tags["model.version"] == "1"
+    assert run.data.tags[f"delta.frame_embeddings.version"] == str(embedded.table_versions["frame_embeddings"])
+    history = delta_writer.table_version(spark, cfg.storage, "frame_embeddings")
+    commit = spark.sql(f"DESCRIBE HISTORY {cfg.storage.qualified('frame_embeddings')} LIMIT 1").first()
+    assert history == embedded.table_versions["frame_embeddings"]
+    assert json.loads(commit.userMetadata)["run_id"] == embedded.run_id
+
+
+def test_rerun_is_a_no_op(spark, e2e):
+    cfg, videos, _, embedded = e2e
+    again_frames = extract_frames.run(spark, cfg, input=str(videos))
+    assert again_frames.publish.changed_rows == 0
+    again = embed_frames.run(spark, cfg)
+    assert again.frames_embedded == 0 and again.forward_passes == 0 and not again.published
+    assert again.table_versions == embedded.table_versions
+    for table in ("frame_embeddings", "video_embeddings", "video_labels"):
+        df = spark.table(cfg.storage.qualified(table))
+        keys = {"frame_embeddings": ["video_id", "frame_ts_ms", "embedding_space"],
+                "video_embeddings": ["video_id", "embedding_space"],
+                "video_labels": ["video_id", "embedding_space", "label"]}[table]
+        assert df.count() == df.dropDuplicates(keys).count()
+
+
+def test_tables_are_in_the_persistent_catalog(spark, e2e):
+    cfg, _, _, _ = e2e
+    tables = {t.name for t in spark.catalog.listTables(cfg.storage.database)}
+    assert {"frames", "frame_embeddings", "video_embeddings", "video_labels", "feature_versions"} <= tables
+    detail = spark.sql(f"DESCRIBE DETAIL {cfg.storage.qualified('video_labels')}").first()
+    assert detail.location.rstrip("/").endswith("warehouse/e2e_features.db/video_labels")
+    assert (cfg.storage.metastore_dir).exists()

@@ -1,0 +1,123 @@
+"""The audit gate: bad candidates are refused, published tables stay as they were."""
+
+import json
+import shutil
+from datetime import datetime, timezone
+
+import pytest
+
+from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.tracking import configure_mlflow
+from expectations.runner import validate_candidates
+from expectations.suites import SuiteParams, frame_embeddings_suite
+from expectations.vector_checks import with_score_checks, with_vector_checks
+from features import delta_writer
+from features.embedding_run import ValidationFailed
+from features.tables import FRAME_EMBEDDINGS
+from jobs import embed_frames, extract_frames
+from tests.conftest import with_database
+
+DIM = 4
+PARAMS = SuiteParams(dim=DIM, norm_tolerance=1e-3, max_reject_rate=0.5, expected_rows=2)
+
+
+def _candidates(spark, rows):
+    base = {"embedding_space": "s", "content_sha256": "h", "labels": ["a"], "label_scores": [0.5],
+            "status": "ok", "error": None, "model_name": "m", "model_version": "1", "run_id": "r",
+            "computed_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    data = [{**base, **r} for r in rows]
+    df = spark.createDataFrame(data, FRAME_EMBEDDINGS.schema)
+    return with_score_checks(with_vector_checks(df))
+
+
+def _validate(spark, tmp_path, rows):
+    df = _candidates(spark, rows)
+    return validate_candidates({"frame_embeddings": (df, frame_embeddings_suite(PARAMS))}, tmp_path)
+
+
+def test_good_candidates_pass(spark, tmp_path):
+    outcome = _validate(spark, tmp_path, [
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
+        {"video_id": "v", "frame_ts_ms": 1000, "embedding": [0.0, 0.6, 0.8, 0.0]},
+    ])
+    assert outcome.success, outcome.failures
+    assert json.loads((tmp_path / "frame_embeddings.json").read_text())["success"] is True
+
+
+def test_nan_vector_is_refused(spark, tmp_path):
+    outcome = _validate(spark, tmp_path, [
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
+        {"video_id": "v", "frame_ts_ms": 1000, "embedding": [float("nan"), 0.0, 0.0, 1.0]},
+    ])
+    assert not outcome.success
+    assert any("emb_finite" in f for f in outcome.failures), outcome.failures
+
+
+def test_wrong_dimension_is_refused(spark, tmp_path):
+    outcome = _validate(spark, tmp_path, [
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
+        {"video_id": "v", "frame_ts_ms": 1000, "embedding": [1.0, 0.0, 0.0]},
+    ])
+    assert not outcome.success
+    assert any("emb_dim" in f for f in outcome.failures), outcome.failures
+
+
+def test_duplicate_keys_are_refused(spark, tmp_path):
+    outcome = _validate(spark, tmp_path, [
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [0.0, 1.0, 0.0, 0.0]},
+    ])
+    assert not outcome.success
+    assert any("compound_columns_to_be_unique" in f for f in outcome.failures), outcome.failures
+
+
+def test_unnormalised_vector_and_too_many_rejects(spark, tmp_path):
+    outcome = _validate(spark, tmp_path, [
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [2.0, 0.0, 0.0, 0.0]},
+        {"video_id": "v", "frame_ts_ms": 1000, "embedding": None, "status": "undecodable_image"},
+        {"video_id": "v", "frame_ts_ms": 2000, "embedding": None, "status": "undecodable_image"},
+    ])
+    failed = " | ".join(outcome.failures)
+    assert "emb_norm" in failed and "'status'" in failed and "row_count" in failed
+
+
+def test_failed_validation_leaves_published_tables_untouched(spark, cfg, tmp_path_factory, default_bundle, capsys):
+    """A model whose declared dimension is wrong fails the gate: nothing published, a rejected
+    lineage row, the report kept, exit code 3 naming the failed expectation."""
+    from mlflow import MlflowClient
+
+    from udfs.model_registry import register_bundle
+
+    cfg = with_database(cfg, "gate_features")
+    videos = tmp_path_factory.mktemp("gate_videos")
+    make_sample_videos(videos, seconds=1.0, fps=8, width=160, height=96,
+                       photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "coffee_cup"))
+    extract_frames.run(spark, cfg, input=str(videos))
+    good = embed_frames.run(spark, cfg)  # publishes the default model's space
+    assert good.published
+    before = {t: delta_writer.table_version(spark, cfg.storage, t)
+              for t in ("frame_embeddings", "video_embeddings", "video_labels")}
+    rows_before = spark.table(cfg.storage.qualified("frame_embeddings")).count()
+
+    broken = tmp_path_factory.mktemp("broken") / "model"
+    shutil.copytree(default_bundle, broken)
+    spec = json.loads((broken / "model_spec.json").read_text())
+    spec["embedding_dim"] = 1000  # declared dimension disagrees with what the model produces
+    (broken / "model_spec.json").write_text(json.dumps(spec))
+    register_bundle(MlflowClient(), "broken_dim_model", broken, alias="champion",
+                    experiment_id=configure_mlflow(cfg))
+
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=gate_features",
+                 "--set", "model.name=broken_dim_model", "--set", "model.register_default=false"]
+    assert embed_frames.main(overrides) == 3
+    err = capsys.readouterr().err
+    assert "validation failed, nothing published" in err and "emb_dim" in err and "report:" in err
+
+    after = {t: delta_writer.table_version(spark, cfg.storage, t) for t in before}
+    assert after == before
+    assert spark.table(cfg.storage.qualified("frame_embeddings")).count() == rows_before
+    lineage = spark.table(cfg.storage.qualified("feature_versions")).where("model_name = 'broken_dim_model'").collect()
+    assert [r.status for r in lineage] == ["rejected"]
+    assert "emb_dim" in lineage[0].failed_expectations
+    report = lineage[0].validation_report
+    assert json.loads(open(f"{report}/summary.json").read())["success"] is False
