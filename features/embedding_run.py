@@ -63,10 +63,12 @@ class EmbedResult:
     report_dir: str | None = None
     published: bool = False
     seconds: float = 0.0
+    embed_seconds: float = 0.0
 
     @property
     def frames_per_second(self) -> float:
-        return self.frames_embedded / self.seconds if self.seconds > 0 else 0.0
+        """Frames through decode + model, per second of the embedding stage (not the whole run)."""
+        return self.frames_embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
 def engine_options(cfg: Config) -> EngineOptions:
@@ -157,7 +159,9 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
         spark, todo.repartition(partitions), model, space, cfg, run_id=run_id, computed_at=started,
         forward_passes=accumulator)
     log.info("embedding %d frames into space %s", n_todo, space.id)
+    t_embed = time.monotonic()
     candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
+    result.embed_seconds = time.monotonic() - t_embed
     result.forward_passes = int(accumulator.value)
     result.frames_embedded = n_todo
     result.status_counts = {r["status"]: int(r["count"]) for r in candidates.groupBy("status").count().collect()}
@@ -165,9 +169,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.videos_updated = video_ids
 
     state = next_frame_state(frames, candidates, published, video_ids)
-    extra = {}
     video_emb = delta_writer.write_staging(
-        _video_rows(pool_video_embeddings(state), run_id=run_id, computed_at=started, extra=extra),
+        _video_rows(pool_video_embeddings(state), run_id=run_id, computed_at=started, extra={}),
         staging / VIDEO_EMBEDDINGS.name)
     video_lab = delta_writer.write_staging(
         _video_rows(aggregate_video_labels(state, top_k=cfg.labels.top_k_per_video), run_id=run_id,

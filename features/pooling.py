@@ -6,8 +6,6 @@ different embedding spaces are never mixed: every aggregate groups by ``embeddin
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window

@@ -68,3 +68,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$root" ]; then
   "$env_dir/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$root"
   echo "$root" >"$stamp"
 fi
+
+# spark-submit in this environment gets the Delta jars and this interpreter (see catalogfs/spark.py).
+"$env_dir/bin/python" -m catalogfs.spark >/dev/null
