@@ -139,3 +139,31 @@ def test_tables_are_in_the_persistent_catalog(spark, e2e):
     detail = spark.sql(f"DESCRIBE DETAIL {cfg.storage.qualified('video_labels')}").first()
     assert detail.location.rstrip("/").endswith("warehouse/e2e_features.db/video_labels")
     assert (cfg.storage.metastore_dir).exists()
+
+
+def _cli_overrides(cfg):
+    return ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", f"storage.database={cfg.storage.database}"]
+
+
+def test_sql_command_prints_rows_and_json(e2e, capsys):
+    from jobs import sql
+
+    cfg, _, _, _ = e2e
+    query = (f"SELECT video_id, label, score FROM {cfg.storage.database}.video_labels "
+             "WHERE rank = 1 ORDER BY video_id")
+    assert sql.main([*_cli_overrides(cfg), query]) == 0
+    out = capsys.readouterr().out
+    assert "coffee_cup" in out and "espresso" in out and "(2 rows)" in out
+    assert sql.main([*_cli_overrides(cfg), "--json", query]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["video_id"] for r in rows] == ["cat_chelsea", "coffee_cup"] and rows[1]["label"] == "espresso"
+    assert sql.main([*_cli_overrides(cfg), "SELECT * FROM no_such_db.no_such_table"]) == 4
+    assert "no_such_table" in capsys.readouterr().err.lower()
+
+
+def test_time_travel_reads_an_earlier_version(spark, e2e):
+    cfg, _, _, embedded = e2e
+    table = cfg.storage.qualified("video_labels")
+    assert spark.sql(f"SELECT count(*) AS n FROM {table} VERSION AS OF 0").first().n == 0
+    version = embedded.table_versions["video_labels"]
+    assert spark.sql(f"SELECT count(*) AS n FROM {table} VERSION AS OF {version}").first().n == 2 * 5
