@@ -24,6 +24,8 @@ from features.tables import ALL_TABLES, TableDef
 log = logging.getLogger(__name__)
 
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+_TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+_TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 
 
 def ensure_catalog(spark: SparkSession, storage: StorageConfig,
@@ -56,6 +58,33 @@ def commit_metadata(spark: SparkSession, metadata: Mapping[str, str]) -> Iterato
         spark.conf.unset(_USER_METADATA)
 
 
+@contextmanager
+def idempotent(spark: SparkSession, app_id: str, version: int) -> Iterator[None]:
+    """Delta idempotent writes: a commit made inside is skipped if ``app_id`` already committed
+    ``version`` (or a later one) to the table."""
+    spark.conf.set(_TXN_APP_ID, app_id)
+    spark.conf.set(_TXN_VERSION, str(version))
+    try:
+        yield
+    finally:
+        spark.conf.unset(_TXN_APP_ID)
+        spark.conf.unset(_TXN_VERSION)
+
+
+SPACES_PROPERTY = "catalogfs.embedding_spaces"
+
+
+def register_space(spark: SparkSession, storage: StorageConfig, tables: Sequence[str], space_id: str) -> None:
+    """Record ``space_id`` in each table's ``catalogfs.embedding_spaces`` property (once per space)."""
+    for table in tables:
+        name = storage.qualified(table)
+        props = DeltaTable.forName(spark, name).detail().select("properties").first()["properties"] or {}
+        spaces = [s for s in props.get(SPACES_PROPERTY, "").split(",") if s]
+        if space_id not in spaces:
+            value = ",".join(spaces + [space_id])
+            spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ('{SPACES_PROPERTY}' = {sql_literal(value)})")
+
+
 def write_staging(df: DataFrame, path: Path) -> DataFrame:
     """Materialise ``df`` as a Delta table at ``path`` (overwrite) and return it read back."""
     df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(str(path))
@@ -66,7 +95,8 @@ def drop_staging(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _sql_literal(value: str) -> str:
+def sql_literal(value: str) -> str:
+    """``value`` as a quoted SQL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -74,7 +104,7 @@ def scope_condition(column: str, values: Sequence[str], *, alias: str = "t") -> 
     """``t.column IN ('a', 'b')`` with each value quoted as a SQL string literal."""
     if not values:
         return "false"
-    return f"{alias}.`{column}` IN ({', '.join(_sql_literal(v) for v in values)})"
+    return f"{alias}.`{column}` IN ({', '.join(sql_literal(v) for v in values)})"
 
 
 def merge_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, source: DataFrame, *,

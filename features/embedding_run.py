@@ -131,8 +131,35 @@ def _video_rows(df: DataFrame, *, run_id: str, computed_at: datetime, extra: dic
     return df
 
 
+def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: DataFrame,
+                           video_lab: DataFrame) -> tuple[list[str], list[str]]:
+    """Videos whose published rows in one space no longer match ``frames``.
+
+    Returns (videos with frame rows whose frame is gone from ``frames`` — the removal policy
+    deletes those rows —, videos whose video-level rows are missing or older than their newest
+    frame row, e.g. after a publish that stopped between tables).
+    """
+    orphans = published.join(frames.select(*FRAME_KEYS), FRAME_KEYS, "left_anti").select("video_id").distinct()
+    newest = (published.where(F.col("status") == "ok").groupBy("video_id")
+              .agg(F.max("computed_at").alias("frame_at")))
+    stale = newest
+    for table in (video_emb, video_lab):
+        at = table.groupBy("video_id").agg(F.max("computed_at").alias("video_at"))
+        stale_here = (newest.join(at, "video_id", "left")
+                      .where(F.col("video_at").isNull() | (F.col("video_at") < F.col("frame_at")))
+                      .select("video_id"))
+        stale = stale_here if stale is newest else stale.unionByName(stale_here)
+    return (sorted(r["video_id"] for r in orphans.collect()),
+            sorted({r["video_id"] for r in stale.collect()}))
+
+
 def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run_id: str) -> EmbedResult:
-    """Embed what is new in ``frames`` into ``model``'s space, audit it, publish it. See module doc."""
+    """Embed what is new in ``frames`` into ``model``'s space, audit it, publish it. See module doc.
+
+    Removal policy: published rows mirror ``frames``. Rows of frames that left ``frames`` (a
+    re-extraction at another rate, a deleted video) are deleted from this space at the next run,
+    together with the video-level rows of videos that have no ok frame left.
+    """
     storage = cfg.storage
     space = EmbeddingSpace.for_model(model)
     result = EmbedResult(run_id=run_id, space=space)
@@ -140,35 +167,43 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     t0 = time.monotonic()
     delta_writer.ensure_catalog(spark, storage)
 
+    def in_space(table: str) -> DataFrame:
+        return spark.table(storage.qualified(table)).where(F.col("embedding_space") == space.id)
+
     frames = spark.table(storage.qualified(FRAMES.name))
-    published = spark.table(storage.qualified(FRAME_EMBEDDINGS.name)).where(F.col("embedding_space") == space.id)
+    published = in_space(FRAME_EMBEDDINGS.name)
     result.frames_total = frames.count()
     todo = frames_to_embed(frames, published)
     n_todo = todo.count()
-    if n_todo == 0:
+    orphan_videos, stale_videos = videos_needing_refresh(
+        frames, published, in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name))
+    if n_todo == 0 and not orphan_videos and not stale_videos:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
         result.seconds = time.monotonic() - t0
-        result.table_versions = {t.name: delta_writer.table_version(spark, storage, t.name)
-                                 for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+        result.table_versions = _versions(spark, cfg)
         return result
 
     staging = storage.staging_dir / run_id
-    partitions = max(1, min(spark.sparkContext.defaultParallelism * 2, math.ceil(n_todo / cfg.inference.batch_size)))
     accumulator = spark.sparkContext.accumulator(0)
-    candidates = compute_frame_candidates(
-        spark, todo.repartition(partitions), model, space, cfg, run_id=run_id, computed_at=started,
-        forward_passes=accumulator)
-    log.info("embedding %d frames into space %s", n_todo, space.id)
+    if n_todo:
+        partitions = max(1, min(spark.sparkContext.defaultParallelism * 2,
+                                math.ceil(n_todo / cfg.inference.batch_size)))
+        todo = todo.repartition(partitions)
+        log.info("embedding %d frames into space %s", n_todo, space.id)
+    candidates = compute_frame_candidates(spark, todo, model, space, cfg, run_id=run_id,
+                                          computed_at=started, forward_passes=accumulator)
     t_embed = time.monotonic()
     candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
     result.embed_seconds = time.monotonic() - t_embed
     result.forward_passes = int(accumulator.value)
     result.frames_embedded = n_todo
     result.status_counts = {r["status"]: int(r["count"]) for r in candidates.groupBy("status").count().collect()}
-    video_ids = sorted(r["video_id"] for r in candidates.select("video_id").distinct().collect())
+    video_ids = sorted({r["video_id"] for r in candidates.select("video_id").distinct().collect()}
+                       | set(orphan_videos) | set(stale_videos))
     result.videos_updated = video_ids
 
-    state = next_frame_state(frames, candidates, published, video_ids)
+    state = delta_writer.write_staging(next_frame_state(frames, candidates, published, video_ids),
+                                       staging / "frame_state")
     video_emb = delta_writer.write_staging(
         _video_rows(pool_video_embeddings(state), run_id=run_id, computed_at=started, extra={}),
         staging / VIDEO_EMBEDDINGS.name)
@@ -188,10 +223,10 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.validation, result.report_dir = outcome, str(report_dir)
 
     if outcome.success:
-        publish_candidates(spark, cfg, space, candidates, video_emb, video_lab, video_ids, run_id=run_id)
+        publish_candidates(spark, cfg, space, state, video_emb, video_lab, video_ids, run_id=run_id,
+                           txn_version=int(started.timestamp() * 1000))
         result.published = True
-    result.table_versions = {t.name: delta_writer.table_version(spark, storage, t.name)
-                             for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+    result.table_versions = _versions(spark, cfg)
     result.seconds = time.monotonic() - t0
     record_lineage(spark, cfg, model, space, result, started=started)
     delta_writer.drop_staging(staging)
@@ -200,17 +235,35 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     return result
 
 
-def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_emb: DataFrame,
-                       video_emb: DataFrame, video_lab: DataFrame, video_ids: list[str], *, run_id: str) -> None:
-    """One MERGE per published table; the affected videos' video rows are replaced as a whole."""
+def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
+    return {t.name: delta_writer.table_version(spark, cfg.storage, t.name)
+            for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+
+
+def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_state: DataFrame,
+                       video_emb: DataFrame, video_lab: DataFrame, video_ids: list[str], *, run_id: str,
+                       txn_version: int) -> None:
+    """One MERGE per published table: the affected videos' rows in this space become exactly the
+    staged ones (new and changed rows written, unchanged ones left alone, vanished ones deleted).
+
+    Each MERGE carries a Delta transaction id (app ``catalogfs:<space>:<table>``, version
+    ``txn_version``): replaying the same publish is skipped by Delta instead of applied twice.
+    """
     storage = cfg.storage
-    scope = f"t.embedding_space = '{space.id}' AND " + delta_writer.scope_condition("video_id", video_ids)
+    scope = (f"t.embedding_space = {delta_writer.sql_literal(space.id)} AND "
+             + delta_writer.scope_condition("video_id", video_ids))
     metadata = {"run_id": run_id, "embedding_space": space.id, "model_name": space.model_name,
                 "model_version": space.model_version}
+    changed = "t.run_id <> s.run_id OR NOT (t.content_sha256 <=> s.content_sha256)"
     with delta_writer.commit_metadata(spark, metadata):
-        delta_writer.merge_rows(spark, storage, FRAME_EMBEDDINGS, frame_emb)
-        delta_writer.merge_rows(spark, storage, VIDEO_EMBEDDINGS, video_emb, delete_scope=scope)
-        delta_writer.merge_rows(spark, storage, VIDEO_LABELS, video_lab, delete_scope=scope)
+        delta_writer.register_space(spark, storage, [FRAME_EMBEDDINGS.name, VIDEO_EMBEDDINGS.name,
+                                                     VIDEO_LABELS.name], space.id)
+        for table, source, condition in ((FRAME_EMBEDDINGS, frame_state, changed),
+                                         (VIDEO_EMBEDDINGS, video_emb, None),
+                                         (VIDEO_LABELS, video_lab, None)):
+            with delta_writer.idempotent(spark, f"catalogfs:{space.id}:{table.name}", txn_version):
+                delta_writer.merge_rows(spark, storage, table, source, update_condition=condition,
+                                        delete_scope=scope)
 
 
 def record_lineage(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace,

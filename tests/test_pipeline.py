@@ -167,3 +167,39 @@ def test_time_travel_reads_an_earlier_version(spark, e2e):
     assert spark.sql(f"SELECT count(*) AS n FROM {table} VERSION AS OF 0").first().n == 0
     version = embedded.table_versions["video_labels"]
     assert spark.sql(f"SELECT count(*) AS n FROM {table} VERSION AS OF {version}").first().n == 2 * 5
+
+
+def test_new_video_embeds_only_its_frames_and_removed_video_is_deleted(spark, e2e, tmp_path):
+    """Incremental recompute and the removal policy, on a separate database."""
+    from features.tables import FRAMES
+
+    cfg, videos, _, _ = e2e
+    cfg = with_database(cfg, "incremental_features")
+    import shutil
+
+    shutil.copytree(videos, tmp_path / "v")
+    extract_frames.run(spark, cfg, input=str(tmp_path / "v"))
+    first = embed_frames.run(spark, cfg)
+    assert first.frames_embedded == 5
+    before = {r.video_id: r.run_id for r in spark.table(cfg.storage.qualified("video_embeddings")).collect()}
+
+    make_sample_videos(tmp_path / "v", seconds=2.0, fps=12, width=320, height=180,
+                       photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "flower"))
+    extract_frames.run(spark, cfg, input=str(tmp_path / "v"))
+    second = embed_frames.run(spark, cfg)
+    assert (second.frames_embedded, second.videos_updated) == (2, ["flower"])
+    after = {r.video_id: r.run_id for r in spark.table(cfg.storage.qualified("video_embeddings")).collect()}
+    assert after == {**before, "flower": second.run_id}  # the other videos' rows were not rewritten
+    fe = spark.table(cfg.storage.qualified("frame_embeddings"))
+    assert fe.where("video_id = 'flower'").count() == 2
+    assert {r.run_id for r in fe.where("video_id = 'cat_chelsea'").collect()} == {first.run_id}
+
+    # The coffee video leaves the frames table: its feature rows go at the next run.
+    spark.sql(f"DELETE FROM {cfg.storage.qualified(FRAMES.name)} WHERE video_id = 'coffee_cup'")
+    third = embed_frames.run(spark, cfg)
+    assert third.frames_embedded == 0 and third.videos_updated == ["coffee_cup"] and third.published
+    for table in ("frame_embeddings", "video_embeddings", "video_labels"):
+        assert spark.table(cfg.storage.qualified(table)).where("video_id = 'coffee_cup'").count() == 0
+    assert spark.table(cfg.storage.qualified("video_embeddings")).where("video_id = 'cat_chelsea'").count() == 1
+    props = spark.sql(f"SHOW TBLPROPERTIES {cfg.storage.qualified('video_embeddings')}").collect()
+    assert {r.key: r.value for r in props}["catalogfs.embedding_spaces"] == first.space.id

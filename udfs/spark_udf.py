@@ -32,8 +32,10 @@ def make_embed_udf(bundle_uri: str, options: EngineOptions, *, cache_dir: str,
 
     @pandas_udf(EMBED_RESULT_DDL)  # type: ignore[call-overload]
     def embed_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        engine = cached_engine(local_bundle_dir(bundle_uri, Path(cache_dir)), options)
+        engine = None
         for images in batches:
+            if engine is None:  # loaded on the first batch: an empty partition loads nothing
+                engine = cached_engine(local_bundle_dir(bundle_uri, Path(cache_dir)), options)
             result = engine.embed(images.tolist())
             if forward_passes is not None and result.forward_passes:
                 forward_passes.add(result.forward_passes)
