@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-samples": ("jobs.make_sample_videos", "write the sample videos made from real photos"),
     "extract-frames": ("jobs.extract_frames", "videos → the frames Delta table"),
     "embed": ("jobs.embed_frames", "frames → frame/video embeddings and labels (validated, then published)"),
+    "spaces": ("jobs.spaces", "embedding spaces: list, compare two, promote one to current, roll back"),
     "sql": ("jobs.sql", "run a SQL query against the feature catalog and print the result"),
 }
 

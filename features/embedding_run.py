@@ -27,6 +27,7 @@ from expectations.runner import ValidationOutcome, validate_candidates
 from expectations.suites import SuiteParams, frame_embeddings_suite, video_embeddings_suite, video_labels_suite
 from expectations.vector_checks import with_score_checks, with_vector_checks
 from features import delta_writer
+from features.promotion import current_space, promote
 from features.pooling import aggregate_video_labels, pool_video_embeddings
 from features.spaces import EmbeddingSpace
 from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
@@ -229,6 +230,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.table_versions = _versions(spark, cfg)
     result.seconds = time.monotonic() - t0
     record_lineage(spark, cfg, model, space, result, started=started)
+    if result.published and current_space(spark, storage) is None:
+        promote(spark, storage, space.id, run_id=run_id, note="first published space")
     delta_writer.drop_staging(staging)
     if not outcome.success:
         raise ValidationFailed(outcome, str(report_dir))
@@ -279,7 +282,7 @@ def record_lineage(spark: SparkSession, cfg: Config, model: ResolvedModel, space
         "validation_report": result.report_dir,
         "failed_expectations": None if outcome is None or outcome.success else json.dumps(outcome.failures),
         "table_versions": json.dumps(result.table_versions, sort_keys=True),
-        "frames_embedded": result.frames_embedded,
+        "frames_embedded": result.frames_embedded, "note": None,
         "started_at": started, "finished_at": datetime.now(timezone.utc),
     }
     df = spark.createDataFrame([row], FEATURE_VERSIONS.schema)

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-from catalogfs.config import Config
+from catalogfs.config import Config, ConfigError
 from catalogfs.job_main import InputError, run_main
 from catalogfs.tracking import job_run
 from features.embedding_run import EmbedResult, ValidationFailed, run_embedding
@@ -23,9 +23,16 @@ from udfs.model_registry import ensure_default_model, resolve_model
 log = logging.getLogger(__name__)
 
 
-def run(spark, cfg: Config) -> EmbedResult:
+def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
+    """Embed new frames with ``model`` (``NAME@ALIAS``; default: model.name@model.alias)."""
     import mlflow
     from mlflow import MlflowClient
+
+    if model:
+        name, sep, alias = model.removeprefix("models:/").partition("@")
+        if not sep or not name or not alias:
+            raise ConfigError(f"--model {model!r}: expected NAME@ALIAS")
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": name, "alias": alias})})
 
     if not spark.catalog.tableExists(cfg.storage.qualified(FRAMES.name)):
         raise InputError(f"table {cfg.storage.qualified(FRAMES.name)} does not exist: "
@@ -76,8 +83,15 @@ def print_result(result: EmbedResult, cfg: Config) -> None:
         print(f"embed_frames: validation {result.validation.summary}; report: {result.report_dir}")
 
 
+def _arguments(parser) -> None:
+    parser.add_argument("--model", default=None, metavar="NAME@ALIAS",
+                        help="registered model to use instead of model.name@model.alias "
+                             "(e.g. a challenger backfilled beside the current space)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(run, argv, prog="embed_frames", description=__doc__, report=print_result)
+    return run_main(run, argv, prog="embed_frames", description=__doc__, report=print_result,
+                    configure=_arguments)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""Which embedding space consumers see: promote, roll back, compare.
+
+Several spaces live side by side in the published tables. The *current* space is the one the
+``current_*`` views select; promoting another space replaces each view in one catalog operation, so a
+consumer reading ``current_video_embeddings`` never sees two spaces mixed. Every promotion is a
+``feature_versions`` row (status ``promoted``), so the history of what was current when is SQL too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from catalogfs.config import StorageConfig
+from features import delta_writer
+from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
+
+log = logging.getLogger(__name__)
+
+CURRENT_VIEWS = {f"current_{t.name}": t.name for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+
+
+class PromotionError(ValueError):
+    """The space cannot be promoted (never published, unknown) or there is nothing to roll back to."""
+
+
+def _lineage(spark: SparkSession, storage: StorageConfig):
+    return spark.table(storage.qualified(FEATURE_VERSIONS.name))
+
+
+def promotion_history(spark: SparkSession, storage: StorageConfig) -> list[str]:
+    """Spaces in the order they were promoted (oldest first)."""
+    rows = (_lineage(spark, storage).where(F.col("status") == "promoted")
+            .orderBy("finished_at").select("embedding_space").collect())
+    return [r["embedding_space"] for r in rows]
+
+
+def current_space(spark: SparkSession, storage: StorageConfig) -> str | None:
+    history = promotion_history(spark, storage)
+    return history[-1] if history else None
+
+
+def published_spaces(spark: SparkSession, storage: StorageConfig) -> list[str]:
+    rows = (_lineage(spark, storage).where(F.col("status") == "published")
+            .select("embedding_space").distinct().orderBy("embedding_space").collect())
+    return [r["embedding_space"] for r in rows]
+
+
+def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_id: str,
+            note: str = "promoted") -> None:
+    """Point the ``current_*`` views at ``space_id`` and record the promotion."""
+    if space_id not in published_spaces(spark, storage):
+        raise PromotionError(f"space {space_id!r} has never been published; published spaces: "
+                             f"{published_spaces(spark, storage)}")
+    literal = delta_writer.sql_literal(space_id)
+    for view, table in CURRENT_VIEWS.items():
+        spark.sql(f"CREATE OR REPLACE VIEW {storage.qualified(view)} "
+                  f"COMMENT 'catalogfs: rows of the current embedding space' AS "
+                  f"SELECT * FROM {storage.qualified(table)} WHERE embedding_space = {literal}")
+    source = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == "published"))
+              .orderBy(F.desc("finished_at")).first())
+    now = datetime.now(timezone.utc)
+    row = source.asDict()
+    row.update(run_id=run_id, status="promoted", note=note, frames_embedded=0, started_at=now, finished_at=now)
+    delta_writer.append_rows(spark, storage, FEATURE_VERSIONS,
+                             spark.createDataFrame([row], FEATURE_VERSIONS.schema))
+    log.info("current space is now %s (%s)", space_id, note)
+
+
+def rollback(spark: SparkSession, storage: StorageConfig, *, run_id: str) -> str:
+    """Promote again the space that was current before the current one; returns it."""
+    history = promotion_history(spark, storage)
+    if len(history) < 2:
+        raise PromotionError("nothing to roll back to: fewer than two promotions recorded")
+    current = history[-1]
+    previous = next((s for s in reversed(history[:-1]) if s != current), None)
+    if previous is None:
+        raise PromotionError(f"every earlier promotion was of {current!r}: nothing to roll back to")
+    promote(spark, storage, previous, run_id=run_id, note=f"rollback from {current}")
+    return previous
+
+
+@dataclass(frozen=True)
+class SpaceComparison:
+    space_a: str
+    space_b: str
+    frames_a: int
+    frames_b: int
+    frames_both: int
+    videos_both: int
+    top_label_agreement: float | None
+    neighbour_overlap: float | None
+    k: int
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _video_matrix(spark: SparkSession, storage: StorageConfig, space: str) -> dict[str, np.ndarray]:
+    rows = (spark.table(storage.qualified(VIDEO_EMBEDDINGS.name)).where(F.col("embedding_space") == space)
+            .select("video_id", "embedding").collect())
+    return {r["video_id"]: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
+
+
+def nearest_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each row's ``k`` most cosine-similar other rows (rows are unit vectors)."""
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def compare_spaces(spark: SparkSession, storage: StorageConfig, space_a: str, space_b: str, *,
+                   k: int = 10) -> SpaceComparison:
+    """Coverage, top-label agreement and nearest-neighbour overlap of two spaces on the same videos.
+
+    ``neighbour_overlap`` is the mean over shared videos of |kNN_a ∩ kNN_b| / k, neighbours taken
+    among the shared videos; ``top_label_agreement`` the share of shared videos whose rank-1 label is
+    equal (None when either space has no labels).
+    """
+    fe = spark.table(storage.qualified(FRAME_EMBEDDINGS.name)).where(F.col("status") == "ok")
+    keys_a = fe.where(F.col("embedding_space") == space_a).select("video_id", "frame_ts_ms")
+    keys_b = fe.where(F.col("embedding_space") == space_b).select("video_id", "frame_ts_ms")
+    frames_a, frames_b = keys_a.count(), keys_b.count()
+    frames_both = keys_a.join(keys_b, ["video_id", "frame_ts_ms"]).count()
+
+    vec_a, vec_b = _video_matrix(spark, storage, space_a), _video_matrix(spark, storage, space_b)
+    shared = sorted(set(vec_a) & set(vec_b))
+    overlap = None
+    kk = min(k, len(shared) - 1)
+    if kk >= 1:
+        nn_a = nearest_neighbours(np.stack([vec_a[v] for v in shared]), kk)
+        nn_b = nearest_neighbours(np.stack([vec_b[v] for v in shared]), kk)
+        overlap = float(np.mean([len(set(a) & set(b)) / kk for a, b in zip(nn_a, nn_b)]))
+
+    labels = (spark.table(storage.qualified(VIDEO_LABELS.name)).where(F.col("rank") == 1)
+              .where(F.col("embedding_space").isin(space_a, space_b)).collect())
+    top = {(r["embedding_space"], r["video_id"]): r["label"] for r in labels}
+    pairs = [(top.get((space_a, v)), top.get((space_b, v))) for v in shared]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    agreement = float(np.mean([a == b for a, b in pairs])) if pairs else None
+    return SpaceComparison(space_a, space_b, frames_a, frames_b, frames_both, len(shared), agreement,
+                           overlap, kk)
+
+
+def describe_spaces(spark: SparkSession, storage: StorageConfig) -> list[dict]:
+    """One entry per published space: model, version, dim, last publish, whether it is current."""
+    current = current_space(spark, storage)
+    rows = (_lineage(spark, storage).where(F.col("status") == "published")
+            .groupBy("embedding_space", "model_name", "model_version", "dim")
+            .agg(F.max("finished_at").alias("last_published"), F.count(F.lit(1)).alias("publishes"))
+            .orderBy("last_published").collect())
+    return [{**r.asDict(), "current": r["embedding_space"] == current,
+             "table_versions": json.loads(_last_versions(spark, storage, r["embedding_space"]) or "{}")}
+            for r in rows]
+
+
+def _last_versions(spark: SparkSession, storage: StorageConfig, space: str) -> str | None:
+    row = (_lineage(spark, storage).where((F.col("embedding_space") == space) & (F.col("status") == "published"))
+           .orderBy(F.desc("finished_at")).select("table_versions").first())
+    return row["table_versions"] if row else None

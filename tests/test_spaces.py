@@ -1,0 +1,101 @@
+"""A new model version end to end: backfill a second space beside the current one (shadow),
+compare the two, promote the new one (current views switch), roll back."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.tracking import configure_mlflow
+from features import promotion
+from jobs import embed_frames, extract_frames, spaces
+from tests.conftest import with_database
+
+MODEL = "efficientnet_lite0_imagenet"
+
+
+@pytest.fixture(scope="module")
+def two_spaces(spark, cfg, tmp_path_factory, default_bundle):
+    from mlflow import MlflowClient
+
+    from udfs.model_registry import register_bundle
+
+    cfg = with_database(cfg, "spaces_features")
+    videos = tmp_path_factory.mktemp("spaces_videos")
+    make_sample_videos(videos, seconds=1.5, fps=8, width=320, height=180,
+                       photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id in ("cat_chelsea", "coffee_cup", "flower")))
+    extract_frames.run(spark, cfg, input=str(videos))
+    first = embed_frames.run(spark, cfg)
+
+    challenger = tmp_path_factory.mktemp("challenger") / "model"
+    shutil.copytree(default_bundle, challenger)
+    spec = json.loads((challenger / "model_spec.json").read_text())
+    spec["preprocess"]["resize_shorter"] = 240  # another preprocessing: a new space
+    (challenger / "model_spec.json").write_text(json.dumps(spec))
+    register_bundle(MlflowClient(), MODEL, challenger, alias="challenger", experiment_id=configure_mlflow(cfg))
+    second = embed_frames.run(spark, cfg, model=f"{MODEL}@challenger")
+    return cfg, first, second
+
+
+def _current(spark, cfg, view="current_video_embeddings"):
+    return {r.embedding_space for r in spark.table(cfg.storage.qualified(view)).collect()}
+
+
+def test_backfill_writes_a_second_space_in_shadow(spark, two_spaces):
+    cfg, first, second = two_spaces
+    assert first.space.id != second.space.id
+    assert (second.space.model_version, second.space.dim) == ("2", 1280)
+    assert second.frames_embedded == 6 and second.published
+    ve = spark.table(cfg.storage.qualified("video_embeddings")).collect()
+    assert sorted((r.video_id, r.embedding_space) for r in ve) == sorted(
+        (v, s) for v in ("cat_chelsea", "coffee_cup", "flower") for s in (first.space.id, second.space.id))
+    # The first published space became current; the backfill did not change that.
+    assert promotion.current_space(spark, cfg.storage) == first.space.id
+    for view in promotion.CURRENT_VIEWS:
+        assert _current(spark, cfg, view) == {first.space.id}
+
+
+def test_compare_spaces(spark, two_spaces):
+    cfg, first, second = two_spaces
+    result = promotion.compare_spaces(spark, cfg.storage, first.space.id, second.space.id, k=1)
+    assert (result.frames_a, result.frames_b, result.frames_both, result.videos_both) == (6, 6, 6, 3)
+    top = {(r.embedding_space, r.video_id): r.label for r in spark.table(cfg.storage.qualified("video_labels"))
+           .where("rank = 1").collect()}
+    expected = np.mean([top[(first.space.id, v)] == top[(second.space.id, v)]
+                        for v in ("cat_chelsea", "coffee_cup", "flower")])
+    assert result.top_label_agreement == pytest.approx(expected)
+    assert result.top_label_agreement >= 2 / 3  # same weights, slightly different crop
+    assert 0.0 <= result.neighbour_overlap <= 1.0
+
+
+def test_nearest_neighbours_match_brute_force():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(12, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    got = promotion.nearest_neighbours(vectors, 3)
+    for i in range(12):
+        sims = [(float(vectors[i] @ vectors[j]), j) for j in range(12) if j != i]
+        assert list(got[i]) == [j for _, j in sorted(sims, reverse=True)[:3]]
+
+
+def test_promote_then_rollback(spark, two_spaces, capsys):
+    cfg, first, second = two_spaces
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=spaces_features"]
+    assert spaces.main([*overrides, "promote", second.space.id]) == 0
+    assert _current(spark, cfg) == {second.space.id}
+    assert _current(spark, cfg, "current_frame_embeddings") == {second.space.id}
+    assert spaces.main([*overrides, "rollback"]) == 0
+    assert _current(spark, cfg) == {first.space.id}
+    history = [(r.embedding_space, r.note) for r in spark.sql(
+        f"SELECT embedding_space, note FROM {cfg.storage.qualified('feature_versions')} "
+        "WHERE status = 'promoted' ORDER BY finished_at").collect()]
+    assert history == [(first.space.id, "first published space"), (second.space.id, "promoted"),
+                       (first.space.id, f"rollback from {second.space.id}")]
+    capsys.readouterr()
+    assert spaces.main([*overrides, "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"* {first.space.id}" in out and f"  {second.space.id}" in out
+    assert spaces.main([*overrides, "promote", "no-such-space"]) == 4
+    assert "never been published" in capsys.readouterr().err
