@@ -23,6 +23,7 @@ class ValidationOutcome:
     success: bool
     failures: list[str] = field(default_factory=list)
     reports: dict[str, str] = field(default_factory=dict)
+    data_docs: str | None = None
 
     @property
     def summary(self) -> str:
@@ -46,10 +47,14 @@ def _describe_failure(table: str, result) -> str:
 
 def validate_candidates(candidates: Mapping[str, tuple[DataFrame, "gx.ExpectationSuite"]],
                         report_dir: Path) -> ValidationOutcome:
-    """Validate each (DataFrame, suite) with Great Expectations; write ``<report_dir>/<table>.json``."""
+    """Validate each (DataFrame, suite) with Great Expectations.
+
+    Keeps, under ``report_dir``: ``<table>.json`` (the results), ``summary.json``, and a file-backed
+    GE project in ``gx/`` whose Data Docs (HTML) show every suite and result.
+    """
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     report_dir.mkdir(parents=True, exist_ok=True)
-    context = gx.get_context(mode="ephemeral")
+    context = gx.get_context(mode="file", project_root_dir=str(report_dir))
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_spark(name="candidates")
     outcome = ValidationOutcome(success=True)
@@ -58,13 +63,20 @@ def validate_candidates(candidates: Mapping[str, tuple[DataFrame, "gx.Expectatio
         suite = context.suites.add(suite)
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{table}_validation", data=batch, suite=suite))
-        result = definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"{table}_checkpoint", validation_definitions=[definition], result_format="SUMMARY",
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")]))
+        run = checkpoint.run(batch_parameters={"dataframe": df})
+        result = next(iter(run.run_results.values()))
         path = report_dir / f"{table}.json"
         path.write_text(json.dumps(result.to_json_dict(), indent=2, default=str))
         outcome.reports[table] = str(path)
         if not result.success:
             outcome.success = False
             outcome.failures.extend(_describe_failure(table, r) for r in result.results if not r.success)
-    summary = {"success": outcome.success, "failures": outcome.failures, "reports": outcome.reports}
+    docs = report_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    outcome.data_docs = str(docs) if docs.exists() else None
+    summary = {"success": outcome.success, "failures": outcome.failures, "reports": outcome.reports,
+               "data_docs": outcome.data_docs}
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return outcome

@@ -47,7 +47,8 @@ class ValidationFailed(RuntimeError):
         self.outcome = outcome
         self.report_dir = report_dir
         lines = "\n  - ".join(outcome.failures)
-        super().__init__(f"validation failed, nothing published; report: {report_dir}\n  - {lines}")
+        docs = f"; Data Docs: {outcome.data_docs}" if outcome.data_docs else ""
+        super().__init__(f"validation failed, nothing published; report: {report_dir}{docs}\n  - {lines}")
 
 
 @dataclass

@@ -61,6 +61,8 @@ def print_summary(result: DemoResult, cfg: Config) -> None:
     print(f"tables live in   {storage.warehouse_dir / (db + '.db')}")
     if emb.report_dir:
         print(f"validation report {emb.report_dir}")
+        if emb.validation and emb.validation.data_docs:
+            print(f"Data Docs (HTML) {emb.validation.data_docs}")
     print("\ntop labels per video:")
     for video_id, labels in sorted(result.top_labels.items()):
         shown = "; ".join(f"{label} ({score:.2f})" for label, score in labels)

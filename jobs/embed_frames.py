@@ -81,6 +81,8 @@ def print_result(result: EmbedResult, cfg: Config) -> None:
           + f"; table versions {result.table_versions}")
     if result.report_dir:
         print(f"embed_frames: validation {result.validation.summary}; report: {result.report_dir}")
+        if result.validation.data_docs:
+            print(f"embed_frames: Data Docs: {result.validation.data_docs}")
 
 
 def _arguments(parser) -> None:

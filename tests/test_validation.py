@@ -121,3 +121,15 @@ def test_failed_validation_leaves_published_tables_untouched(spark, cfg, tmp_pat
     assert "emb_dim" in lineage[0].failed_expectations
     report = lineage[0].validation_report
     assert json.loads(open(f"{report}/summary.json").read())["success"] is False
+
+
+def test_reports_include_data_docs_html(spark, tmp_path):
+    outcome = _validate(spark, tmp_path, [
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
+        {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
+    ])
+    assert not outcome.success and outcome.data_docs
+    html = open(outcome.data_docs).read()
+    assert "frame_embeddings" in html
+    pages = list((tmp_path / "gx" / "uncommitted" / "data_docs").rglob("*.html"))
+    assert any("validations" in str(p) for p in pages)
