@@ -133,6 +133,11 @@ class ValidationConfig(_Section):
     max_reject_rate: float = Field(0.5, ge=0, le=1)
 
 
+class RetentionConfig(_Section):
+    keep_versions: int = Field(20, ge=1, description="Newest table versions kept readable by `catalogfs maintain`.")
+    log_retention_days: int = Field(30, ge=1, description="delta.logRetentionDuration of new tables.")
+
+
 class Config(_Section):
     """The whole configuration of one run."""
 
@@ -145,6 +150,7 @@ class Config(_Section):
     inference: InferenceConfig
     labels: LabelsConfig
     validation: ValidationConfig
+    retention: RetentionConfig
     sources: tuple[str, ...] = Field(default=(), description="Files the config was read from.")
 
     @property

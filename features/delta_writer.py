@@ -29,7 +29,7 @@ _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 
 
 def ensure_catalog(spark: SparkSession, storage: StorageConfig,
-                   tables: Sequence[TableDef] = ALL_TABLES) -> None:
+                   tables: Sequence[TableDef] = ALL_TABLES, *, log_retention_days: int = 30) -> None:
     """Create the database and the tables (empty, with their schemas) when missing."""
     if not spark.catalog.databaseExists(storage.database):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS `{storage.database}` COMMENT 'catalogfs feature store'")
@@ -39,6 +39,7 @@ def ensure_catalog(spark: SparkSession, storage: StorageConfig,
          .addColumns(table.schema)
          .comment(table.comment)
          .property("catalogfs.keys", ",".join(table.keys))
+         .property("delta.logRetentionDuration", f"interval {log_retention_days} days")
          .execute())
 
 

@@ -167,7 +167,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result = EmbedResult(run_id=run_id, space=space)
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    delta_writer.ensure_catalog(spark, storage)
+    delta_writer.ensure_catalog(spark, storage, log_retention_days=cfg.retention.log_retention_days)
 
     def in_space(table: str) -> DataFrame:
         return spark.table(storage.qualified(table)).where(F.col("embedding_space") == space.id)

@@ -41,7 +41,7 @@ def run(spark, cfg: Config, *, input: str | None = None) -> ExtractResult:
     ex = cfg.extract
     options = ExtractOptions(sample_fps=ex.sample_fps, max_side=ex.max_side,
                              jpeg_quality=ex.jpeg_quality, max_frames=ex.max_frames_per_video)
-    delta_writer.ensure_catalog(spark, cfg.storage)
+    delta_writer.ensure_catalog(spark, cfg.storage, log_retention_days=cfg.retention.log_retention_days)
     with job_run(cfg, "extract_frames") as run_info:
         run_id = run_info.info.run_id
         log.info("extracting frames from %d videos at %s frame/s", len(videos), ex.sample_fps)
