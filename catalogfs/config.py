@@ -131,6 +131,9 @@ class LabelsConfig(_Section):
 class ValidationConfig(_Section):
     norm_tolerance: float = Field(1e-3, gt=0, lt=1)
     max_reject_rate: float = Field(0.5, ge=0, le=1)
+    drift_min_cosine: float = Field(0.8, ge=-1, le=1, description="Cosine to the published vector of the same frame.")
+    drift_min_share: float = Field(0.95, ge=0, le=1, description="Share of frames that must meet drift_min_cosine.")
+    max_label_shift: float = Field(0.5, ge=0, le=1, description="Total variation distance of top-1 labels.")
 
 
 class RetentionConfig(_Section):

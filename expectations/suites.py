@@ -21,6 +21,9 @@ class SuiteParams:
     norm_tolerance: float
     max_reject_rate: float
     expected_rows: int | None = None
+    drift_min_cosine: float = 0.8
+    drift_min_share: float = 0.95
+    max_label_shift: float = 0.5
 
 
 def _keys_not_null(keys: tuple[str, ...]) -> list:
@@ -36,7 +39,7 @@ def _vector_expectations(p: SuiteParams) -> list:
     ]
 
 
-def frame_embeddings_suite(p: SuiteParams) -> gx.ExpectationSuite:
+def frame_embeddings_suite(p: SuiteParams, columns: tuple[str, ...] = ()) -> gx.ExpectationSuite:
     keys = ("video_id", "frame_ts_ms", "embedding_space")
     expectations = [
         *_keys_not_null(keys),
@@ -50,6 +53,10 @@ def frame_embeddings_suite(p: SuiteParams) -> gx.ExpectationSuite:
         gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"],
                                         mostly=max(1.0 - p.max_reject_rate, 0.0)),
     ]
+    if "drift_cosine" in columns:  # unchanged frames stay close to the published space
+        expectations.append(gxe.ExpectColumnValuesToBeBetween(
+            column="drift_cosine", min_value=p.drift_min_cosine, max_value=1.0 + p.norm_tolerance,
+            mostly=p.drift_min_share))
     if p.expected_rows is not None:  # one output row per input frame
         expectations.append(gxe.ExpectTableRowCountToEqual(value=p.expected_rows))
     return gx.ExpectationSuite(name="frame_embeddings", expectations=expectations)
@@ -74,4 +81,11 @@ def video_labels_suite(p: SuiteParams) -> gx.ExpectationSuite:
         gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0),
         gxe.ExpectColumnValuesToBeBetween(column="rank", min_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="n_frames_supporting", min_value=1),
+    ])
+
+
+def drift_suite(p: SuiteParams) -> gx.ExpectationSuite:
+    """For the one-row label-shift summary (see expectations.drift.label_shift)."""
+    return gx.ExpectationSuite(name="label_drift", expectations=[
+        gxe.ExpectColumnValuesToBeBetween(column="label_shift", min_value=0.0, max_value=p.max_label_shift),
     ])

@@ -24,7 +24,14 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import Config
 from expectations.runner import ValidationOutcome, validate_candidates
-from expectations.suites import SuiteParams, frame_embeddings_suite, video_embeddings_suite, video_labels_suite
+from expectations.drift import label_shift, with_drift_cosine
+from expectations.suites import (
+    SuiteParams,
+    drift_suite,
+    frame_embeddings_suite,
+    video_embeddings_suite,
+    video_labels_suite,
+)
 from expectations.vector_checks import with_score_checks, with_vector_checks
 from features import delta_writer
 from features.promotion import current_space, promote
@@ -214,13 +221,24 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
                     computed_at=started, extra={"taxonomy_version": space.taxonomy_version}),
         staging / VIDEO_LABELS.name)
 
-    params = SuiteParams(dim=space.dim, norm_tolerance=cfg.validation.norm_tolerance,
-                         max_reject_rate=cfg.validation.max_reject_rate, expected_rows=n_todo)
+    v = cfg.validation
+    params = SuiteParams(dim=space.dim, norm_tolerance=v.norm_tolerance, max_reject_rate=v.max_reject_rate,
+                         expected_rows=n_todo, drift_min_cosine=v.drift_min_cosine,
+                         drift_min_share=v.drift_min_share, max_label_shift=v.max_label_shift)
+    frame_checks = with_score_checks(with_vector_checks(candidates))
+    checks = {}
+    reference = drift_reference(spark, cfg, space)
+    if reference is not None:
+        log.info("checking drift against the current space %s", reference)
+        ref_rows = in_space_id(spark, cfg, reference)
+        frame_checks = with_drift_cosine(frame_checks, ref_rows)
+        checks["label_drift"] = (label_shift(candidates, ref_rows), drift_suite(params))
     report_dir = storage.reports_dir / run_id / "validation"
     outcome = validate_candidates({
-        FRAME_EMBEDDINGS.name: (with_score_checks(with_vector_checks(candidates)), frame_embeddings_suite(params)),
+        FRAME_EMBEDDINGS.name: (frame_checks, frame_embeddings_suite(params, tuple(frame_checks.columns))),
         VIDEO_EMBEDDINGS.name: (with_vector_checks(video_emb), video_embeddings_suite(params)),
         VIDEO_LABELS.name: (video_lab, video_labels_suite(params)),
+        **checks,
     }, report_dir)
     result.validation, result.report_dir = outcome, str(report_dir)
 
@@ -237,6 +255,25 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     if not outcome.success:
         raise ValidationFailed(outcome, str(report_dir))
     return result
+
+
+def in_space_id(spark: SparkSession, cfg: Config, space_id: str) -> DataFrame:
+    """Published frame embeddings of one space."""
+    return (spark.table(cfg.storage.qualified(FRAME_EMBEDDINGS.name))
+            .where(F.col("embedding_space") == space_id))
+
+
+def drift_reference(spark: SparkSession, cfg: Config, space: EmbeddingSpace) -> str | None:
+    """The current space, when it is another version of the same registered model with the same
+    dimension (vectors of unrelated models are not comparable); else None."""
+    current = current_space(spark, cfg.storage)
+    if current is None or current == space.id:
+        return None
+    row = (spark.table(cfg.storage.qualified(FEATURE_VERSIONS.name))
+           .where(F.col("embedding_space") == current).select("model_name", "dim").first())
+    if row is None or row["model_name"] != space.model_name or row["dim"] != space.dim:
+        return None
+    return current
 
 
 def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:

@@ -99,3 +99,33 @@ def test_promote_then_rollback(spark, two_spaces, capsys):
     assert f"* {first.space.id}" in out and f"  {second.space.id}" in out
     assert spaces.main([*overrides, "promote", "no-such-space"]) == 4
     assert "never been published" in capsys.readouterr().err
+
+
+def test_drifted_new_version_is_rejected(spark, two_spaces, tmp_path, default_bundle):
+    """A new version of the same model whose vectors moved (here: head channels shuffled) fails the
+    drift checks against the current space; nothing is published."""
+    import torch
+    from mlflow import MlflowClient
+    from safetensors.torch import load_file, save_file
+
+    from features import delta_writer
+    from features.embedding_run import ValidationFailed
+    from udfs.model_registry import register_bundle
+
+    cfg, first, _ = two_spaces
+    assert promotion.current_space(spark, cfg.storage) == first.space.id
+    broken = tmp_path / "model"
+    shutil.copytree(default_bundle, broken)
+    state = load_file(str(broken / "model.safetensors"))
+    perm = torch.randperm(1280, generator=torch.Generator().manual_seed(0))
+    for key in ("_conv_head.weight", "_bn1.weight", "_bn1.bias", "_bn1.running_mean", "_bn1.running_var"):
+        state[key] = state[key][perm].contiguous()
+    save_file(state, str(broken / "model.safetensors"))
+    register_bundle(MlflowClient(), MODEL, broken, alias="drifted", experiment_id=configure_mlflow(cfg))
+    before = {t: delta_writer.table_version(spark, cfg.storage, t) for t in ("frame_embeddings", "video_labels")}
+    with pytest.raises(ValidationFailed) as failed:
+        embed_frames.run(spark, cfg, model=f"{MODEL}@drifted")
+    failures = " | ".join(failed.value.outcome.failures)
+    assert "drift_cosine" in failures and "label_shift" in failures
+    assert {t: delta_writer.table_version(spark, cfg.storage, t) for t in before} == before
+    assert promotion.current_space(spark, cfg.storage) == first.space.id
