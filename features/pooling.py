@@ -15,10 +15,13 @@ _POOLED_SCHEMA = "video_id string, embedding_space string, embedding array<float
 
 
 def _pool_group(pdf: pd.DataFrame) -> pd.DataFrame:
-    vectors = np.stack([np.asarray(v, dtype=np.float64) for v in pdf["embedding"]])
-    mean = vectors.mean(axis=0)
-    norm = np.linalg.norm(mean)
-    pooled = (mean / norm if norm > 0 else mean).astype(np.float32)
+    arrays = [np.asarray(v, dtype=np.float64) for v in pdf["embedding"]]
+    if len({a.shape for a in arrays}) != 1:
+        pooled = None  # frames of mixed dimension cannot be pooled: the video suite refuses the null
+    else:
+        mean = np.stack(arrays).mean(axis=0)
+        norm = np.linalg.norm(mean)
+        pooled = (mean / norm if norm > 0 else mean).astype(np.float32)
     return pd.DataFrame({
         "video_id": [pdf["video_id"].iloc[0]],
         "embedding_space": [pdf["embedding_space"].iloc[0]],

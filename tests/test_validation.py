@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from pyspark.sql import functions as F
+
 from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.tracking import configure_mlflow
 from expectations.runner import validate_candidates
@@ -133,3 +135,52 @@ def test_reports_include_data_docs_html(spark, tmp_path):
     assert "frame_embeddings" in html
     pages = list((tmp_path / "gx" / "uncommitted" / "data_docs").rglob("*.html"))
     assert any("validations" in str(p) for p in pages)
+
+
+def _nan_vector(df):
+    return df.withColumn("embedding", F.when(F.col("frame_ts_ms") == 0, F.transform(
+        "embedding", lambda x: x * F.lit(float("nan")))).otherwise(F.col("embedding")))
+
+
+def _wrong_dimension(df):
+    return df.withColumn("embedding", F.when(F.col("frame_ts_ms") == 0, F.slice("embedding", 1, 1000))
+                         .otherwise(F.col("embedding")))
+
+
+def _duplicate_key(df):
+    return df.unionByName(df.where(F.col("frame_ts_ms") == 0))
+
+
+@pytest.mark.parametrize("tamper, expectation", [
+    (_nan_vector, "emb_finite"),
+    (_wrong_dimension, "emb_dim"),
+    (_duplicate_key, "compound_columns_to_be_unique"),
+])
+def test_bad_candidate_batch_is_refused_end_to_end(spark, cfg, tmp_path_factory, monkeypatch, capsys,
+                                                   tamper, expectation):
+    """Inject a bad batch into the real job: exit code 3 naming the expectation, report written,
+    published Delta versions unchanged."""
+    from features import embedding_run
+
+    cfg = with_database(cfg, "inject_features")
+    if not spark.catalog.tableExists(cfg.storage.qualified("frame_embeddings")):
+        videos = tmp_path_factory.mktemp("inject_videos")
+        make_sample_videos(videos, seconds=1.5, fps=8, width=160, height=96,
+                           photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "cat_chelsea"))
+        extract_frames.run(spark, cfg, input=str(videos))
+        assert embed_frames.run(spark, cfg).published
+    before = {t: delta_writer.table_version(spark, cfg.storage, t)
+              for t in ("frame_embeddings", "video_embeddings", "video_labels")}
+    real = embedding_run.compute_frame_candidates
+    monkeypatch.setattr(embedding_run, "frames_to_embed", lambda frames, published: frames)  # recompute all
+    monkeypatch.setattr(embedding_run, "compute_frame_candidates", lambda *a, **k: tamper(real(*a, **k)))
+
+    code = embed_frames.main(["--set", f"storage.data_root={cfg.storage.data_root}",
+                              "--set", "storage.database=inject_features"])
+    err = capsys.readouterr().err
+    assert code == 3 and expectation in err and "nothing published" in err
+    report = err.split("report: ")[1].split(";")[0].split("\n")[0].strip()
+    assert json.loads(open(f"{report}/summary.json").read())["success"] is False
+    assert {t: delta_writer.table_version(spark, cfg.storage, t) for t in before} == before
+    rejected = spark.table(cfg.storage.qualified("feature_versions")).where("status = 'rejected'").count()
+    assert rejected >= 1
