@@ -101,8 +101,8 @@ def test_lineage_and_mlflow_run(spark, e2e):
     import mlflow
 
     cfg, _, _, embedded = e2e
-    rows = spark.table(cfg.storage.qualified("feature_versions")).collect()
-    assert len(rows) == 1
+    rows = spark.table(cfg.storage.qualified("feature_versions")).orderBy("finished_at").collect()
+    assert [(r.status, r.note) for r in rows] == [("published", None), ("promoted", "first published space")]
     row = rows[0]
     assert (row.status, row.validation_success, row.model_version) == ("published", "true", "1")
     assert json.loads(row.table_versions) == embedded.table_versions
