@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract-frames": ("jobs.extract_frames", "videos → the frames Delta table"),
     "embed": ("jobs.embed_frames", "frames → frame/video embeddings and labels (validated, then published)"),
     "spaces": ("jobs.spaces", "embedding spaces: list, compare two, promote one to current, roll back"),
+    "similar": ("jobs.similar", "nearest videos to one video by cosine, within one space"),
+    "video-neighbors": ("jobs.video_neighbors", "all-pairs top-k nearest videos of a space → video_neighbors"),
     "maintain": ("jobs.maintain", "VACUUM the tables, keeping the newest retention.keep_versions readable"),
     "sql": ("jobs.sql", "run a SQL query against the feature catalog and print the result"),
 }

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from features import delta_writer
+from features.knn import top_k_neighbours
 from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,6 @@ def _video_matrix(spark: SparkSession, storage: StorageConfig, space: str) -> di
     return {r["video_id"]: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
 
 
-def nearest_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each row's ``k`` most cosine-similar other rows (rows are unit vectors)."""
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -np.inf)
-    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
-
-
 def compare_spaces(spark: SparkSession, storage: StorageConfig, space_a: str, space_b: str, *,
                    k: int = 10) -> SpaceComparison:
     """Coverage, top-label agreement and nearest-neighbour overlap of two spaces on the same videos.
@@ -134,8 +128,10 @@ def compare_spaces(spark: SparkSession, storage: StorageConfig, space_a: str, sp
     overlap = None
     kk = min(k, len(shared) - 1)
     if kk >= 1:
-        nn_a = nearest_neighbours(np.stack([vec_a[v] for v in shared]), kk)
-        nn_b = nearest_neighbours(np.stack([vec_b[v] for v in shared]), kk)
+        matrix_a = np.stack([vec_a[v] for v in shared])
+        matrix_b = np.stack([vec_b[v] for v in shared])
+        nn_a = top_k_neighbours(matrix_a, matrix_a, kk, exclude_self=True)[0]
+        nn_b = top_k_neighbours(matrix_b, matrix_b, kk, exclude_self=True)[0]
         overlap = float(np.mean([len(set(a) & set(b)) / kk for a, b in zip(nn_a, nn_b)]))
 
     labels = (spark.table(storage.qualified(VIDEO_LABELS.name)).where(F.col("rank") == 1)

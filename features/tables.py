@@ -133,5 +133,20 @@ FEATURE_VERSIONS = TableDef(
     ]),
 )
 
+VIDEO_NEIGHBORS = TableDef(
+    name="video_neighbors",
+    keys=("video_id", "embedding_space", "neighbor_id"),
+    comment="All-pairs top-k nearest videos by cosine, per space (candidate generation, near-duplicates).",
+    schema=StructType([
+        _f("video_id", StringType(), False),
+        _f("embedding_space", StringType(), False),
+        _f("neighbor_id", StringType(), False),
+        _f("score", FloatType(), False, "Cosine similarity of the two video embeddings."),
+        _f("rank", IntegerType(), False, "1 = nearest."),
+        _f("run_id", StringType(), False),
+        _f("computed_at", TimestampType(), False),
+    ]),
+)
+
 PUBLISHED_TABLES = (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)
-ALL_TABLES = (FRAMES, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, FEATURE_VERSIONS)
+ALL_TABLES = (FRAMES, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, FEATURE_VERSIONS, VIDEO_NEIGHBORS)

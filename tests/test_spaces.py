@@ -70,16 +70,6 @@ def test_compare_spaces(spark, two_spaces):
     assert 0.0 <= result.neighbour_overlap <= 1.0
 
 
-def test_nearest_neighbours_match_brute_force():
-    rng = np.random.default_rng(3)
-    vectors = rng.normal(size=(12, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    got = promotion.nearest_neighbours(vectors, 3)
-    for i in range(12):
-        sims = [(float(vectors[i] @ vectors[j]), j) for j in range(12) if j != i]
-        assert list(got[i]) == [j for _, j in sorted(sims, reverse=True)[:3]]
-
-
 def test_promote_then_rollback(spark, two_spaces, capsys):
     cfg, first, second = two_spaces
     overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=spaces_features"]
