@@ -32,6 +32,14 @@ class _Section(BaseModel):
 class StorageConfig(_Section):
     data_root: Path = Field(description="Folder that holds the warehouse, catalog, registry and reports.")
     database: str = Field(description="Database (schema) of the published tables.")
+    catalog: str = Field("", description="Catalog for three-part names (Unity Catalog); empty: the session's.")
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_identifier(cls, value: str) -> str:
+        if value and not _IDENTIFIER.match(value):
+            raise ValueError(f"must be a plain SQL identifier (letters, digits, _), got {value!r}")
+        return value
 
     @field_validator("database")
     @classmethod
@@ -68,11 +76,18 @@ class StorageConfig(_Section):
         """Location of a published table: ``<warehouse>/<database>.db/<table>``."""
         return self.warehouse_dir / f"{self.database}.db" / table
 
+    @property
+    def schema_name(self) -> str:
+        """``catalog.database`` or ``database``."""
+        return f"{self.catalog}.{self.database}" if self.catalog else self.database
+
     def qualified(self, table: str) -> str:
-        return f"{self.database}.{table}"
+        """``[catalog.]database.table``."""
+        return f"{self.schema_name}.{table}"
 
 
 class SparkConfig(_Section):
+    managed: bool = Field(False, description="The platform owns the session (Databricks): use it as it is.")
     master: str = Field(description="Spark master when not started by spark-submit (which passes its own).")
     app_name: str = "catalogfs"
     ivy_cache: Path = Field(description="Ivy cache for the Delta jars resolved from Maven Central.")
@@ -252,7 +267,9 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
 
     Raises :class:`ConfigError` naming the file and dotted key of the first problem.
     """
-    conf_dir = conf_dir or DEFAULT_CONF_DIR
+    if conf_dir is None:  # base.yaml beside the first file given, else the project's conf/
+        beside = Path(paths[0]).parent if paths else None
+        conf_dir = beside if beside is not None and (beside / "base.yaml").exists() else DEFAULT_CONF_DIR
     base = conf_dir / "base.yaml"
     files = [base] + [Path(p) for p in paths if Path(p).resolve() != base.resolve()]
     merged: dict[str, Any] = {}

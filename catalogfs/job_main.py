@@ -34,6 +34,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config key, e.g. --set inference.batch_size=16 (repeatable)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--check", action="store_true",
+                        help="only parse the arguments and load the config, then exit (nothing runs)")
 
 
 def setup_logging(level: str, quiet: bool = False) -> None:
@@ -70,6 +72,9 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     except ConfigError as exc:
         print(f"{prog}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.check:
+        print(f"{prog}: arguments and config ok ({', '.join(cfg.sources)})")
+        return EXIT_OK
     try:
         from catalogfs.spark import build_spark
 
@@ -94,5 +99,5 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
 
 def _job_kwargs(args: argparse.Namespace, configure) -> dict[str, Any]:
     """Job-specific arguments (those added by ``configure``) passed through as keywords."""
-    common = {"conf", "overrides", "log_level", "quiet"}
+    common = {"conf", "overrides", "log_level", "quiet", "check"}
     return {k: v for k, v in vars(args).items() if k not in common} if configure else {}

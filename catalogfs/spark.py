@@ -58,6 +58,8 @@ def build_spark(cfg: Config) -> SparkSession:
     """Create (or return) the session for ``cfg``. Spark is started here and nowhere else."""
     from delta import configure_spark_with_delta_pip
 
+    if cfg.spark.managed:  # Databricks and similar: Delta, catalog and master come with the platform
+        return SparkSession.builder.appName(cfg.spark.app_name).getOrCreate()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must run this interpreter (the project's environment), not the system python3.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

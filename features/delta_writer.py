@@ -31,16 +31,21 @@ _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 def ensure_catalog(spark: SparkSession, storage: StorageConfig,
                    tables: Sequence[TableDef] = ALL_TABLES, *, log_retention_days: int = 30) -> None:
     """Create the database and the tables (empty, with their schemas) when missing."""
-    if not spark.catalog.databaseExists(storage.database):
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{storage.database}` COMMENT 'catalogfs feature store'")
+    if not spark.catalog.databaseExists(storage.schema_name):
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {storage.schema_name} COMMENT 'catalogfs feature store'")
     for table in tables:
-        (DeltaTable.createIfNotExists(spark)
-         .tableName(storage.qualified(table.name))
-         .addColumns(table.schema)
-         .comment(table.comment)
-         .property("catalogfs.keys", ",".join(table.keys))
-         .property("delta.logRetentionDuration", f"interval {log_retention_days} days")
-         .execute())
+        name = storage.qualified(table.name)
+        if spark.catalog.tableExists(name):
+            continue
+        columns = ", ".join(
+            f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
+            + (f" COMMENT {sql_literal(f.metadata['comment'])}" if f.metadata.get("comment") else "")
+            for f in table.schema.fields)
+        properties = {"catalogfs.keys": ",".join(table.keys),
+                      "delta.logRetentionDuration": f"interval {log_retention_days} days"}
+        props = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING DELTA "
+                  f"COMMENT {sql_literal(table.comment)} TBLPROPERTIES ({props})")
 
 
 def table_version(spark: SparkSession, storage: StorageConfig, table: str) -> int:

@@ -45,7 +45,7 @@ def run(spark, cfg: Config) -> DemoResult:
 
 def print_summary(result: DemoResult, cfg: Config) -> None:
     storage = cfg.storage
-    db = storage.database
+    db = storage.schema_name
     emb = result.embed
     print()
     print("=" * 78)
@@ -58,7 +58,7 @@ def print_summary(result: DemoResult, cfg: Config) -> None:
     print(f"this run         {emb.frames_embedded} frames embedded, {emb.forward_passes} forward passes"
           + (f", validation {emb.validation.summary}" if emb.validation else ", nothing new to validate"))
     print("table versions   " + ", ".join(f"{t}=v{v}" for t, v in sorted(emb.table_versions.items())))
-    print(f"tables live in   {storage.warehouse_dir / (db + '.db')}")
+    print(f"tables live in   {storage.warehouse_dir / (storage.database + '.db')}")
     if emb.report_dir:
         print(f"validation report {emb.report_dir}")
         if emb.validation and emb.validation.data_docs:

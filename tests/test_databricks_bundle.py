@@ -1,0 +1,74 @@
+"""The Databricks bundle names only entry points, files and parameters that exist and parse.
+(No Databricks access here: this checks the bundle against the code.)"""
+
+import glob
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catalogfs.config import PROJECT_ROOT, load_config
+
+BUNDLE = PROJECT_ROOT / "databricks.yml"
+
+
+def _bundle():
+    root = yaml.safe_load(BUNDLE.read_text())
+    variables = {k: v["default"] for k, v in root["variables"].items()}
+    tasks = []
+    for pattern in root["include"]:
+        for path in sorted(glob.glob(str(PROJECT_ROOT / pattern))):
+            for job in yaml.safe_load(Path(path).read_text())["resources"]["jobs"].values():
+                tasks += [(Path(path).parent, task) for task in job["tasks"]]
+    return variables, tasks
+
+
+def _substitute(text: str, variables: dict) -> str:
+    text = text.replace("${workspace.file_path}", str(PROJECT_ROOT))
+    return re.sub(r"\$\{var\.([a-z_]+)\}", lambda m: str(variables[m.group(1)]), text)
+
+
+def test_bundle_has_tasks_and_variables():
+    variables, tasks = _bundle()
+    assert {"catalog", "schema", "data_root"} <= set(variables)
+    assert [t["task_key"] for _, t in tasks] == ["extract_frames", "embed_frames", "video_neighbors", "maintain"]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_every_task_entry_point_and_parameter_exists(index, capsys):
+    variables, tasks = _bundle()
+    base, task = tasks[index]
+    python_file = (base / task["spark_python_task"]["python_file"]).resolve()
+    assert python_file.exists() and python_file.parent == PROJECT_ROOT / "jobs"
+    module = importlib.import_module(f"jobs.{python_file.stem}")
+    params = [_substitute(p, variables) for p in task["spark_python_task"]["parameters"]]
+    assert module.main([*params, "--check"]) == 0, capsys.readouterr().err
+    conf = params[params.index("--conf") + 1]
+    sets = [params[i + 1] for i, p in enumerate(params) if p == "--set"]
+    cfg = load_config([conf], sets)
+    assert cfg.spark.managed and cfg.storage.catalog == variables["catalog"]
+    assert cfg.storage.qualified("video_labels") == f"{variables['catalog']}.{variables['schema']}.video_labels"
+    for library in task["libraries"]:
+        assert library["whl"].startswith("../dist/")
+
+
+def test_gpu_cluster_asks_one_task_per_gpu():
+    root = yaml.safe_load((PROJECT_ROOT / "resources" / "catalogfs_jobs.yml").read_text())
+    cluster = root["resources"]["jobs"]["catalogfs_pipeline"]["job_clusters"][0]["new_cluster"]
+    assert cluster["spark_conf"]["spark.task.resource.gpu.amount"] == "1"
+    assert "gpu" in cluster["spark_version"]
+
+
+def test_three_part_names_work_in_local_spark(spark, cfg):
+    """catalog.database.table names (as Unity Catalog uses) through the same code paths."""
+    from features import delta_writer
+    from features.tables import FEATURE_VERSIONS
+    from tests.conftest import with_database
+
+    three = with_database(cfg, "uc_features")
+    three = three.model_copy(update={"storage": three.storage.model_copy(update={"catalog": "spark_catalog"})})
+    delta_writer.ensure_catalog(spark, three.storage, [FEATURE_VERSIONS])
+    assert spark.catalog.tableExists("spark_catalog.uc_features.feature_versions")
+    assert delta_writer.table_version(spark, three.storage, "feature_versions") == 0
