@@ -73,6 +73,7 @@ class EmbedResult:
     published: bool = False
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    report_html: str | None = None
 
     @property
     def frames_per_second(self) -> float:

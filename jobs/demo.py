@@ -59,6 +59,7 @@ def print_summary(result: DemoResult, cfg: Config) -> None:
           + (f", validation {emb.validation.summary}" if emb.validation else ", nothing new to validate"))
     print("table versions   " + ", ".join(f"{t}=v{v}" for t, v in sorted(emb.table_versions.items())))
     print(f"tables live in   {storage.warehouse_dir / (storage.database + '.db')}")
+    print(f"run report       {emb.report_html}")
     if emb.report_dir:
         print(f"validation report {emb.report_dir}")
         if emb.validation and emb.validation.data_docs:

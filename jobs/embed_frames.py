@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
+from catalogfs.run_report import write_run_report
 from catalogfs.job_main import InputError, run_main
 from catalogfs.tracking import job_run
 from features.embedding_run import EmbedResult, ValidationFailed, run_embedding
@@ -53,6 +55,8 @@ def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
             mlflow.set_tag("validation", "failed")
             mlflow.log_artifacts(exc.report_dir, artifact_path="validation")
             raise
+        result.report_html = str(write_run_report(spark, cfg, result))
+        mlflow.log_artifacts(str(Path(result.report_html).parent), artifact_path="report")
         mlflow.set_tag("embedding_space", result.space.id)
         mlflow.log_metrics({
             "frames_total": result.frames_total, "frames_embedded": result.frames_embedded,
@@ -63,7 +67,6 @@ def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
             mlflow.set_tag(f"delta.{table}.version", str(version))
         if result.report_dir:
             mlflow.set_tag("validation", "passed")
-            mlflow.log_artifacts(result.report_dir, artifact_path="validation")
     return result
 
 
@@ -79,6 +82,7 @@ def print_result(result: EmbedResult, cfg: Config) -> None:
           f"{result.frames_per_second:.1f} frames/s; "
           + ("published" if result.published else "nothing new to publish")
           + f"; table versions {result.table_versions}")
+    print(f"embed_frames: run report: {result.report_html}")
     if result.report_dir:
         print(f"embed_frames: validation {result.validation.summary}; report: {result.report_dir}")
         if result.validation.data_docs:

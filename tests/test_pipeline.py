@@ -203,3 +203,21 @@ def test_new_video_embeds_only_its_frames_and_removed_video_is_deleted(spark, e2
     assert spark.table(cfg.storage.qualified("video_embeddings")).where("video_id = 'cat_chelsea'").count() == 1
     props = spark.sql(f"SHOW TBLPROPERTIES {cfg.storage.qualified('video_embeddings')}").collect()
     assert {r.key: r.value for r in props}["catalogfs.embedding_spaces"] == first.space.id
+
+
+def test_run_report_html_with_plots(e2e):
+    from pathlib import Path
+
+    from PIL import Image
+
+    _, _, _, embedded = e2e
+    report = Path(embedded.report_html)
+    page = report.read_text()
+    assert embedded.space.id in page and "ok" in page and "video_unreadable" in page
+    assert 'href="validation/gx/uncommitted/data_docs/local_site/index.html"' in page
+    for name in ("projection.png", "contact_sheet.png"):
+        assert f'src="{name}"' in page
+        with Image.open(report.parent / name) as img:
+            assert img.format == "PNG" and img.width >= 300 and img.height >= 100
+            colours = img.convert("RGB").getcolors(maxcolors=1_000_000)
+            assert colours is None or len(colours) > 50  # a picture, not a blank canvas
