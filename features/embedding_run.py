@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import Config
+from catalogfs.progress import Progress
 from expectations.runner import ValidationOutcome, validate_candidates
 from expectations.drift import label_shift, with_drift_cosine
 from expectations.suites import (
@@ -96,7 +97,7 @@ def frames_to_embed(frames: DataFrame, published: DataFrame) -> DataFrame:
 
 def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: ResolvedModel,
                              space: EmbeddingSpace, cfg: Config, *, run_id: str,
-                             computed_at: datetime, forward_passes=None) -> DataFrame:
+                             computed_at: datetime, forward_passes=None, frames_done=None) -> DataFrame:
     """Run the embed UDF over ``frames``; returns rows with the ``frame_embeddings`` schema.
 
     Frames that arrived with a non-ok status keep it (and get no vector); frames the engine could
@@ -104,7 +105,7 @@ def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: Reso
     """
     udf = make_embed_udf(model.source_uri, engine_options(cfg),
                          cache_dir=str(cfg.storage.model_cache_dir / model.name / model.version),
-                         forward_passes=forward_passes)
+                         forward_passes=forward_passes, frames_done=frames_done)
     frame_ok = F.col("status") == "ok"
     out = frames.withColumn("_r", udf(F.col("image")))
     return out.select(
@@ -195,15 +196,18 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
 
     staging = storage.staging_dir / run_id
     accumulator = spark.sparkContext.accumulator(0)
+    frames_done = spark.sparkContext.accumulator(0)
     if n_todo:
         partitions = max(1, min(spark.sparkContext.defaultParallelism * 2,
                                 math.ceil(n_todo / cfg.inference.batch_size)))
         todo = todo.repartition(partitions)
         log.info("embedding %d frames into space %s", n_todo, space.id)
     candidates = compute_frame_candidates(spark, todo, model, space, cfg, run_id=run_id,
-                                          computed_at=started, forward_passes=accumulator)
+                                          computed_at=started, forward_passes=accumulator,
+                                          frames_done=frames_done)
     t_embed = time.monotonic()
-    candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
+    with Progress("embedding", n_todo, frames_done):
+        candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
     result.embed_seconds = time.monotonic() - t_embed
     result.forward_passes = int(accumulator.value)
     result.frames_embedded = n_todo

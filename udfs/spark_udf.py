@@ -22,12 +22,12 @@ EMBED_RESULT_DDL = (
 
 
 def make_embed_udf(bundle_uri: str, options: EngineOptions, *, cache_dir: str,
-                   forward_passes=None):
+                   forward_passes=None, frames_done=None):
     """Build the pandas UDF for one resolved model version.
 
     ``bundle_uri`` is the registry's download URI of the version; ``cache_dir`` is where a worker
-    that cannot read it directly keeps a local copy. ``forward_passes`` is an optional Spark
-    accumulator that receives the number of model forward passes run.
+    that cannot read it directly keeps a local copy. ``forward_passes`` and ``frames_done`` are
+    optional Spark accumulators that receive the forward passes run and the frames processed.
     """
 
     @pandas_udf(EMBED_RESULT_DDL)  # type: ignore[call-overload]
@@ -39,6 +39,8 @@ def make_embed_udf(bundle_uri: str, options: EngineOptions, *, cache_dir: str,
             result = engine.embed(images.tolist())
             if forward_passes is not None and result.forward_passes:
                 forward_passes.add(result.forward_passes)
+            if frames_done is not None:
+                frames_done.add(len(images))
             yield pd.DataFrame({
                 "embedding": result.embeddings,
                 "status": result.statuses,
