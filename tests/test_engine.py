@@ -74,11 +74,34 @@ def test_bad_images_become_status_rows_in_place(engine):
 
 def test_inference_error_becomes_status(engine, monkeypatch):
     def boom(batch):
-        raise RuntimeError("CUDA out of memory (injected)")
+        raise RuntimeError("CUDA error: device-side assert (injected)")
 
     monkeypatch.setattr(engine, "_forward", boom)
-    result = engine.embed([photo_bytes("coffee.png")])
-    assert result.statuses == ["inference_error"] and "injected" in result.errors[0]
+    result = engine.embed([photo_bytes("coffee.png"), photo_bytes("camera.png")])
+    assert result.statuses == ["inference_error"] * 2 and "injected" in result.errors[0]
+
+
+def test_out_of_memory_halves_the_batch_and_isolates_the_frame(engine, monkeypatch):
+    """Batches over 2 frames 'run out of memory'; so does any batch holding the camera photo (the
+    only grayscale one: its three channels are equal)."""
+    real = engine._forward
+    seen = []
+
+    def limited(batch):
+        seen.append(len(batch))
+        if len(batch) > 2 or any(np.array_equal(x[0], x[1]) for x in batch):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(batch)
+
+    monkeypatch.setattr(engine, "_forward", limited)
+    names = ["chelsea.png", "coffee.png", "camera.png", "rocket.jpg"]
+    result = engine.embed([photo_bytes(n) for n in names])
+    assert result.statuses == ["ok", "ok", "inference_error", "ok"]
+    assert "out of memory" in result.errors[2]
+    assert seen[0] == 4 and max(seen[1:]) <= 2
+    assert result.label_names[1][0] == "espresso"
+    reference = EmbeddingEngine(engine.model, EngineOptions(batch_size=4)).embed([photo_bytes("coffee.png")])
+    np.testing.assert_allclose(result.embeddings[1], reference.embeddings[0], atol=1e-5)
 
 
 def test_same_padding_output_sizes():
@@ -105,3 +128,45 @@ def test_bundle_without_safetensors_is_refused(tmp_path, default_bundle):
     torch.save({"x": torch.zeros(1)}, bundle / "model.pt")
     with pytest.raises(BundleError, match="safetensors"):
         load_bundle(bundle)
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_artifact_is_refused_without_running_it(tmp_path, default_bundle):
+    import pickle
+    import shutil
+
+    marker = tmp_path / "payload_ran"
+    bundle = tmp_path / "malicious"
+    shutil.copytree(default_bundle, bundle)
+    (bundle / "model.safetensors").unlink()
+    (bundle / "model.pt").write_bytes(pickle.dumps({"weights": _Payload(marker)}))
+    spec = (bundle / "model_spec.json").read_text().replace('"model.safetensors"', '"model.pt"')
+    (bundle / "model_spec.json").write_text(spec)
+    with pytest.raises(BundleError, match="safetensors"):
+        load_bundle(bundle)
+    assert not marker.exists()
+    # The payload is live: unpickling it would have run code.
+    pickle.loads((bundle / "model.pt").read_bytes())
+    assert marker.exists()
+
+
+def test_packaged_weights_load_without_unpickling_objects(monkeypatch):
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_packaged_state_dict()
+    assert calls == [True]

@@ -126,22 +126,33 @@ class EmbeddingEngine:
         pending_idx: list[int] = []
         pending_arr: list[np.ndarray] = []
 
-        def flush() -> None:
-            if not pending_idx:
-                return
+        def run(indices: list[int], arrays: list[np.ndarray]) -> None:
+            """Forward a batch; on out-of-memory halve it and retry, down to single frames."""
             try:
-                pooled, top = self._forward(np.stack(pending_arr))
+                pooled, top = self._forward(np.stack(arrays))
             except (RuntimeError, ValueError) as exc:
-                for i in pending_idx:
+                if _is_out_of_memory(exc) and len(indices) > 1:
+                    self._release_memory()
+                    half = len(indices) // 2
+                    log.warning("out of memory on a batch of %d; retrying as %d + %d",
+                                len(indices), half, len(indices) - half)
+                    run(indices[:half], arrays[:half])
+                    run(indices[half:], arrays[half:])
+                    return
+                for i in indices:
                     result.statuses[i] = STATUS_INFERENCE_ERROR
                     result.errors[i] = f"{type(exc).__name__}: {exc}"[:500]
-            else:
-                result.forward_passes += 1
-                indices, scores = top
-                for row, i in enumerate(pending_idx):
-                    result.embeddings[i] = pooled[row]
-                    result.label_names[i] = [self._label(int(c)) for c in indices[row]]
-                    result.label_scores[i] = [float(s) for s in scores[row]]
+                return
+            result.forward_passes += 1
+            indices_top, scores = top
+            for row, i in enumerate(indices):
+                result.embeddings[i] = pooled[row]
+                result.label_names[i] = [self._label(int(c)) for c in indices_top[row]]
+                result.label_scores[i] = [float(v) for v in scores[row]]
+
+        def flush() -> None:
+            if pending_idx:
+                run(list(pending_idx), list(pending_arr))
             pending_idx.clear()
             pending_arr.clear()
 
@@ -164,9 +175,17 @@ class EmbeddingEngine:
         flush()
         return result
 
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _label(self, index: int) -> str:
         labels = self.model.labels
         return labels[index] if index < len(labels) else f"class_{index}"
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 _CACHE: dict[tuple[str, EngineOptions], EmbeddingEngine] = {}
