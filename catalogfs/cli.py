@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-samples": ("jobs.make_sample_videos", "write the sample videos made from real photos"),
     "extract-frames": ("jobs.extract_frames", "videos → the frames Delta table"),
     "embed": ("jobs.embed_frames", "frames → frame/video embeddings and labels (validated, then published)"),
+    "models": ("jobs.models", "model registry: register (bundle or transformers folder), alias, list"),
     "spaces": ("jobs.spaces", "embedding spaces: list, compare two, promote one to current, roll back"),
     "similar": ("jobs.similar", "nearest videos to one video by cosine, within one space"),
     "video-neighbors": ("jobs.video_neighbors", "all-pairs top-k nearest videos of a space → video_neighbors"),

@@ -13,7 +13,7 @@ job of :mod:`udfs.model_registry`, so this module needs neither MLflow nor Spark
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,9 +35,11 @@ class BundleSpec:
     preprocess: PreprocessSpec
     label_set: str
     metric: str = "cosine"
+    options: dict[str, Any] = field(default_factory=dict)  # family-specific (e.g. transformers kind, taxonomy)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "options": self.options,
             "format_version": FORMAT_VERSION,
             "family": self.family,
             "embedding_dim": self.embedding_dim,
@@ -56,6 +58,7 @@ class BundleSpec:
             preprocess=PreprocessSpec.from_dict(data["preprocess"]),
             label_set=str(data.get("label_set", "")),
             metric=str(data.get("metric", "cosine")),
+            options=dict(data.get("options") or {}),
         )
 
 
@@ -70,14 +73,27 @@ class BundleError(ValueError):
     """A model bundle is missing, incomplete or unsafe; the message names the file."""
 
 
-def _build_efficientnet_lite0(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def _build_efficientnet_lite0(directory: Path, spec: BundleSpec) -> tuple[torch.nn.Module, list[str]]:
     from udfs.efficientnet_lite import build_efficientnet_lite0
 
-    return build_efficientnet_lite0(state)
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise BundleError(f"{weights}: weights file missing (bundles carry safetensors weights only)")
+    labels_path = directory / LABELS_FILE
+    labels = labels_path.read_text().splitlines() if labels_path.exists() else []
+    return build_efficientnet_lite0(load_file(str(weights))), labels
 
 
-FAMILIES: dict[str, Callable[[dict[str, torch.Tensor]], torch.nn.Module]] = {
+def _build_transformers(directory: Path, spec: BundleSpec) -> tuple[torch.nn.Module, list[str]]:
+    from udfs.hf_models import load_transformers_module
+
+    return load_transformers_module(directory, spec)
+
+
+# family → builder(bundle folder, spec) → (module whose forward gives (pooled, logits), label names)
+FAMILIES: dict[str, Callable[[Path, BundleSpec], tuple[torch.nn.Module, list[str]]]] = {
     "efficientnet_lite0": _build_efficientnet_lite0,
+    "transformers": _build_transformers,
 }
 
 
@@ -108,10 +124,5 @@ def load_bundle(directory: Path) -> LoadedModel:
     if spec.family not in FAMILIES:
         raise BundleError(f"{directory / SPEC_FILE}: unknown model family {spec.family!r}; "
                           f"known: {sorted(FAMILIES)}")
-    weights = directory / WEIGHTS_FILE
-    if not weights.exists():
-        raise BundleError(f"{weights}: weights file missing (bundles carry safetensors weights only)")
-    module = FAMILIES[spec.family](load_file(str(weights)))
-    labels_path = directory / LABELS_FILE
-    labels = labels_path.read_text().splitlines() if labels_path.exists() else []
+    module, labels = FAMILIES[spec.family](directory, spec)
     return LoadedModel(spec=spec, module=module.eval(), labels=labels)

@@ -7,6 +7,7 @@ comparable: their short hash is part of the embedding space id.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -32,8 +33,12 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
+    resize_mode: str = "shorter"  # "shorter": shorter side → resize_shorter, then crop; "exact": → crop×crop
+    long_side: str = "round"  # how the resized longer side is rounded: "round", or "floor" (transformers)
 
     def __post_init__(self) -> None:
+        if self.resize_mode not in ("shorter", "exact"):
+            raise ValueError(f"resize_mode must be 'shorter' or 'exact', got {self.resize_mode!r}")
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
         if self.crop > self.resize_shorter:
@@ -47,12 +52,31 @@ class PreprocessSpec:
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             interpolation=str(data.get("interpolation", "bicubic")),
+            resize_mode=str(data.get("resize_mode", "shorter")),
+            long_side=str(data.get("long_side", "round")),
         )
+
+    @classmethod
+    def from_hf_processor(cls, config: Mapping[str, Any]) -> "PreprocessSpec":
+        """From a transformers ``preprocessor_config.json`` (CLIP/SigLIP/ViT/DINOv2 image processors)."""
+        resample = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}.get(int(config.get("resample", 3)), "bicubic")
+        size = config.get("size", {})
+        crop = config.get("crop_size") or {}
+        mean = tuple(config.get("image_mean", (0.5, 0.5, 0.5)))
+        std = tuple(config.get("image_std", (0.5, 0.5, 0.5)))
+        if config.get("do_center_crop") and "shortest_edge" in size:
+            return cls(int(size["shortest_edge"]), int(crop.get("height", size["shortest_edge"])), mean, std, resample,
+                       long_side="floor")
+        side = int(size.get("height") or size.get("shortest_edge"))
+        return cls(side, side, mean, std, resample, resize_mode="exact")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        for key, default in (("resize_mode", "shorter"), ("long_side", "round")):
+            if data[key] == default:  # defaults stay out, so existing space ids are unchanged
+                del data[key]
         return data
 
     def short_hash(self) -> str:
@@ -67,14 +91,19 @@ class PreprocessSpec:
 
     def to_array(self, img: Image.Image) -> np.ndarray:
         """RGB image → float32 array (3, crop, crop), normalised."""
+        if self.resize_mode == "exact":
+            return self._normalise(img.resize((self.crop, self.crop), _RESAMPLE[self.interpolation]))
         width, height = img.size
         scale = self.resize_shorter / min(width, height)
-        new_w = max(self.crop, round(width * scale))
-        new_h = max(self.crop, round(height * scale))
+        rounding = math.floor if self.long_side == "floor" else round
+        new_w = max(self.crop, rounding(width * scale)) if width > height else self.resize_shorter
+        new_h = max(self.crop, rounding(height * scale)) if height > width else self.resize_shorter
         img = img.resize((new_w, new_h), _RESAMPLE[self.interpolation])
         left = (new_w - self.crop) // 2
         top = (new_h - self.crop) // 2
-        img = img.crop((left, top, left + self.crop, top + self.crop))
+        return self._normalise(img.crop((left, top, left + self.crop, top + self.crop)))
+
+    def _normalise(self, img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))

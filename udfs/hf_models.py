@@ -1,0 +1,142 @@
+"""transformers vision models as engine modules: CLIP/SigLIP, ViT-style classifiers, plain encoders.
+
+A transformers bundle holds the model's own ``save_pretrained`` folder under ``hf/`` (safetensors
+weights only; ``trust_remote_code`` is never enabled) and a spec whose ``options`` say:
+
+- ``kind``: ``clip`` (CLIP, SigLIP: the projected image embedding; zero-shot labels against
+  ``taxonomy``), ``classifier`` (``*ForImageClassification``: the CLS hidden state; labels from
+  ``id2label``) or ``encoder`` (ViT, DINOv2: ``pooler_output``, else the CLS token; no labels).
+- ``taxonomy`` (clip only): ``{label: [prompt, …]}``. Each label's text embedding is the
+  re-normalised mean of its prompts' embeddings (prompt ensembling); scores are the softmax of the
+  model's own logit scale times the cosine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+HF_DIR = "hf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def _first(output: Any) -> torch.Tensor:
+    """transformers 5 returns output objects from get_*_features; older versions plain tensors."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+class TransformersVision(nn.Module):
+    """forward(pixel_values) → (embedding, logits) for one of the kinds above."""
+
+    def __init__(self, model: nn.Module, kind: str, text_embeddings: torch.Tensor | None = None,
+                 logit_scale: float | None = None) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+        self.register_buffer("text_embeddings", text_embeddings if text_embeddings is not None else torch.zeros(0, 1))
+        self.logit_scale = logit_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        x = x.contiguous()  # patch embeddings want plain layout
+        if self.kind == "clip":
+            pooled = _first(self.model.get_image_features(pixel_values=x))
+            if self.text_embeddings.shape[0]:
+                image = nn.functional.normalize(pooled.float(), dim=-1)
+                return pooled, self.logit_scale * image @ self.text_embeddings.T
+            return pooled, pooled.new_zeros(pooled.shape[0], 0)
+        if self.kind == "classifier":
+            out = self.model(pixel_values=x, output_hidden_states=True)
+            return out.hidden_states[-1][:, 0], out.logits
+        out = self.model(pixel_values=x)
+        pooled = getattr(out, "pooler_output", None)
+        pooled = out.last_hidden_state[:, 0] if pooled is None else pooled
+        return pooled, pooled.new_zeros(pooled.shape[0], 0)
+
+
+def _refuse_pickles(hf_dir: Path) -> None:
+    if not any(hf_dir.glob("*.safetensors")):
+        pickles = [p.name for p in hf_dir.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        raise ValueError(f"{hf_dir}: no safetensors weights" + (f" (refusing pickle files {pickles})" if pickles else ""))
+
+
+def infer_kind(config: Mapping[str, Any]) -> str:
+    architectures = config.get("architectures") or []
+    model_type = config.get("model_type", "")
+    if model_type in ("clip", "siglip", "siglip2") or any(a in ("CLIPModel", "SiglipModel") for a in architectures):
+        return "clip"
+    if any(a.endswith("ForImageClassification") for a in architectures):
+        return "classifier"
+    return "encoder"
+
+
+def embedding_dim(config: Mapping[str, Any], kind: str) -> int:
+    if kind == "clip":
+        return int(config.get("projection_dim") or config.get("vision_config", {}).get("hidden_size"))
+    return int(config.get("hidden_size") or config.get("vision_config", {}).get("hidden_size"))
+
+
+def text_embeddings(model: nn.Module, tokenizer, taxonomy: Mapping[str, list[str]]) -> torch.Tensor:
+    """One unit vector per label: the re-normalised mean of its prompts' text embeddings."""
+    rows = []
+    with torch.inference_mode():
+        for prompts in taxonomy.values():
+            tokens = tokenizer(list(prompts), padding=True, return_tensors="pt")
+            emb = nn.functional.normalize(_first(model.get_text_features(**tokens)).float(), dim=-1)
+            rows.append(nn.functional.normalize(emb.mean(dim=0), dim=-1))
+    return torch.stack(rows)
+
+
+def load_transformers_module(directory: Path, spec) -> tuple[nn.Module, list[str]]:
+    """Build the engine module of a transformers bundle (safetensors only, no remote code)."""
+    from transformers import AutoModel, AutoModelForImageClassification, AutoTokenizer
+
+    hf_dir = Path(directory) / HF_DIR
+    _refuse_pickles(hf_dir)
+    kind = spec.options.get("kind", "encoder")
+    loader = AutoModelForImageClassification if kind == "classifier" else AutoModel
+    model = loader.from_pretrained(str(hf_dir), trust_remote_code=False, use_safetensors=True,
+                                   local_files_only=True).eval()
+    if kind == "classifier":
+        id2label = model.config.id2label
+        return TransformersVision(model, kind), [str(id2label[i]) for i in range(len(id2label))]
+    if kind == "clip" and spec.options.get("taxonomy"):
+        taxonomy = spec.options["taxonomy"]
+        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False, local_files_only=True)
+        texts = text_embeddings(model, tokenizer, taxonomy)
+        scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+        return TransformersVision(model, kind, texts, scale), list(taxonomy)
+    return TransformersVision(model, kind), []
+
+
+def write_transformers_bundle(hf_source: Path, directory: Path, *, taxonomy: Mapping[str, list[str]] | None = None,
+                              taxonomy_version: str = "", kind: str | None = None) -> Path:
+    """Make a bundle from a ``save_pretrained`` folder; refuses folders with pickle weights only."""
+    from udfs.model_bundle import SPEC_FILE, BundleSpec
+    from udfs.preprocess import PreprocessSpec
+
+    hf_source = Path(hf_source)
+    _refuse_pickles(hf_source)
+    config = json.loads((hf_source / "config.json").read_text())
+    kind = kind or infer_kind(config)
+    processor = hf_source / "preprocessor_config.json"
+    if not processor.exists():
+        raise ValueError(f"{hf_source}: no preprocessor_config.json (save the image processor with the model)")
+    preprocess = PreprocessSpec.from_hf_processor(json.loads(processor.read_text()))
+    options: dict[str, Any] = {"kind": kind, "model_type": config.get("model_type", "")}
+    label_set = ""
+    if kind == "clip" and taxonomy:
+        options["taxonomy"] = {str(k): [str(p) for p in v] for k, v in taxonomy.items()}
+        label_set = taxonomy_version or "taxonomy"
+    elif kind == "classifier":
+        label_set = f"{config.get('model_type', 'model')}-id2label"
+    spec = BundleSpec(family="transformers", embedding_dim=embedding_dim(config, kind), preprocess=preprocess,
+                      label_set=label_set, options=options)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(hf_source, directory / HF_DIR, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))
+    (directory / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    return directory
