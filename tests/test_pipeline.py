@@ -221,3 +221,24 @@ def test_run_report_html_with_plots(e2e):
             assert img.format == "PNG" and img.width >= 300 and img.height >= 100
             colours = img.convert("RGB").getcolors(maxcolors=1_000_000)
             assert colours is None or len(colours) > 50  # a picture, not a blank canvas
+
+
+def test_delta_rs_reads_the_same_rows_as_spark_sql(spark, e2e):
+    """An independent reader (delta-rs) sees exactly the rows Spark SQL sees, table by table."""
+    from deltalake import DeltaTable
+
+    cfg, _, _, _ = e2e
+    for table, keys, value in (("frame_embeddings", ["video_id", "frame_ts_ms", "embedding_space"], "embedding"),
+                               ("video_embeddings", ["video_id", "embedding_space"], "embedding"),
+                               ("video_labels", ["video_id", "embedding_space", "label"], "score")):
+        sql_rows = {tuple(r[k] for k in keys): r[value] for r in spark.sql(
+            f"SELECT * FROM {cfg.storage.qualified(table)}").collect()}
+        df = DeltaTable(str(cfg.storage.table_path(table))).to_pandas()
+        rs_rows = {tuple(row[k] for k in keys): row[value] for _, row in df.iterrows()}
+        assert set(rs_rows) == set(sql_rows) and sql_rows
+        for key, sql_value in sql_rows.items():
+            if sql_value is None:
+                assert rs_rows[key] is None
+            else:
+                np.testing.assert_array_equal(np.asarray(rs_rows[key], dtype=np.float32),
+                                              np.asarray(sql_value, dtype=np.float32))
