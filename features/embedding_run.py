@@ -38,7 +38,14 @@ from features import delta_writer
 from features.promotion import current_space, promote
 from features.pooling import aggregate_video_labels, pool_video_embeddings
 from features.spaces import EmbeddingSpace
-from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from features.tables import (
+    FEATURE_VERSIONS,
+    FRAME_EMBEDDINGS,
+    FRAMES,
+    PUBLISHED_TABLES,
+    VIDEO_EMBEDDINGS,
+    VIDEO_LABELS,
+)
 from udfs.engine import EngineOptions
 from udfs.model_registry import ResolvedModel
 from udfs.spark_udf import make_embed_udf
@@ -282,8 +289,7 @@ def drift_reference(spark: SparkSession, cfg: Config, space: EmbeddingSpace) -> 
 
 
 def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
-    return {t.name: delta_writer.table_version(spark, cfg.storage, t.name)
-            for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+    return {t.name: delta_writer.table_version(spark, cfg.storage, t.name) for t in PUBLISHED_TABLES}
 
 
 def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_state: DataFrame,
@@ -302,8 +308,7 @@ def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, 
                 "model_version": space.model_version}
     changed = "t.run_id <> s.run_id OR NOT (t.content_sha256 <=> s.content_sha256)"
     with delta_writer.commit_metadata(spark, metadata):
-        delta_writer.register_space(spark, storage, [FRAME_EMBEDDINGS.name, VIDEO_EMBEDDINGS.name,
-                                                     VIDEO_LABELS.name], space.id)
+        delta_writer.register_space(spark, storage, [t.name for t in PUBLISHED_TABLES], space.id)
         for table, source, condition in ((FRAME_EMBEDDINGS, frame_state, changed),
                                          (VIDEO_EMBEDDINGS, video_emb, None),
                                          (VIDEO_LABELS, video_lab, None)):

@@ -89,7 +89,6 @@ class EmbeddingEngine:
         module = model.module.to(self.device).eval()
         self.module = module.to(memory_format=torch.channels_last)
         self.preprocess = model.spec.preprocess
-        self.forward_passes = 0
 
     @classmethod
     def from_directory(cls, directory: str | Path, options: EngineOptions = EngineOptions()) -> "EmbeddingEngine":
@@ -112,7 +111,6 @@ class EmbeddingEngine:
             probs = torch.softmax(logits.float(), dim=1)
             k = min(self.options.top_k, probs.shape[1])
             top = torch.topk(probs, k, dim=1)
-        self.forward_passes += 1
         return pooled.cpu().numpy().astype(np.float32), np.stack(
             [top.indices.cpu().numpy(), top.values.cpu().numpy()], axis=0)
 
