@@ -39,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     module = importlib.import_module(COMMANDS[command][0])
     job_main: Callable[[Sequence[str]], int] = module.main
-    return job_main(rest)
+    try:
+        return job_main(rest)
+    except SystemExit as exc:  # argparse in a job's own parser: usage and one error line already shown
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from catalogfs.redaction import redact
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = Path(os.environ.get("CATALOGFS_CONF_DIR", PROJECT_ROOT / "conf"))
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -78,11 +80,20 @@ class StorageConfig(_Section):
 
     @property
     def schema_name(self) -> str:
-        """``catalog.database`` or ``database``."""
+        """``catalog.database`` or ``database``.
+
+        Each part is checked again here (a ``model_copy`` skips the validators), so a name that is
+        not a plain identifier never reaches SQL text.
+        """
+        for what, name in (("storage.catalog", self.catalog), ("storage.database", self.database)):
+            if (name or what == "storage.database") and not _IDENTIFIER.match(name):
+                raise ConfigError(f"{what} must be a plain SQL identifier (letters, digits, _), got {name!r}")
         return f"{self.catalog}.{self.database}" if self.catalog else self.database
 
     def qualified(self, table: str) -> str:
-        """``[catalog.]database.table``."""
+        """``[catalog.]database.table``; every part a plain identifier (else :class:`ConfigError`)."""
+        if not _IDENTIFIER.match(table):
+            raise ConfigError(f"table name must be a plain SQL identifier (letters, digits, _), got {table!r}")
         return f"{self.schema_name}.{table}"
 
 
@@ -137,6 +148,18 @@ class InferenceConfig(_Section):
     num_threads: int = Field(1, ge=1, le=256, description="torch threads per Python worker.")
     top_k: int = Field(5, ge=1, le=100, description="Labels kept per frame.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb limit (width*height).")
+    max_batch_bytes: int = Field(256 * 1024 * 1024, ge=0, description=(
+        "A batch is also cut before its preprocessed float32 tensor would exceed this many bytes "
+        "(large inputs, e.g. 518 px models); 0: batch_size alone decides."))
+    gpu_decode: Literal["auto", "off"] = Field("auto", description=(
+        "auto: on CUDA, JPEG frames are decoded and preprocessed on the GPU (torchvision), falling "
+        "back to PIL per frame; off: always PIL. Never used on CPU."))
+
+    @field_validator("gpu_decode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false (and ``on`` as true)."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class LabelsConfig(_Section):
@@ -156,6 +179,12 @@ class RetentionConfig(_Section):
     log_retention_days: int = Field(30, ge=1, description="delta.logRetentionDuration of new tables.")
 
 
+class PublishConfig(_Section):
+    max_attempts: int = Field(3, ge=1, le=20, description=(
+        "Tries of a publish that lost a Delta commit race to a concurrent publisher."))
+    retry_backoff_seconds: float = Field(2.0, ge=0, le=600, description="Wait before the first retry; doubles.")
+
+
 class Config(_Section):
     """The whole configuration of one run."""
 
@@ -169,6 +198,7 @@ class Config(_Section):
     labels: LabelsConfig
     validation: ValidationConfig
     retention: RetentionConfig
+    publish: PublishConfig = PublishConfig()
     sources: tuple[str, ...] = Field(default=(), description="Files the config was read from.")
 
     @property
@@ -222,8 +252,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: where, and what (never the offending text itself)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:
@@ -292,7 +325,8 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
             elif err["type"] == "missing":
                 problems.append(f"{origin}: missing key '{dotted}'")
             else:
-                problems.append(f"{origin}: bad value for '{dotted}': {err['msg']} (got {err.get('input')!r})")
+                shown = redact(err.get("input"), dotted)  # never echo a password in an error
+                problems.append(f"{origin}: bad value for '{dotted}': {err['msg']} (got {shown!r})")
         raise ConfigError("; ".join(problems)) from None
     storage = cfg.storage.model_copy(update={"data_root": _resolve_path(cfg.storage.data_root)})
     spark = cfg.spark.model_copy(update={"ivy_cache": _resolve_path(cfg.spark.ivy_cache)})

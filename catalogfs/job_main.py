@@ -2,7 +2,12 @@
 
 Exit codes (documented in the README):
   0 success · 1 unexpected error (a bug: traceback shown) · 2 bad config or arguments ·
-  3 validation failed, nothing published · 4 missing input (no videos, no table, no model)
+  3 validation failed or candidates of the wrong schema, nothing published ·
+  4 missing input (no videos, no table, no model, bad SQL) ·
+  5 the publish kept losing commit races to concurrent writers (retried; rerun the job)
+
+Every message, log record and traceback is scrubbed of the config's secrets
+(:mod:`catalogfs.redaction`).
 """
 
 from __future__ import annotations
@@ -10,15 +15,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Any, Callable, Sequence
 
 from catalogfs.config import ConfigError, Config, load_config
+from catalogfs.redaction import install_log_redaction, redact, redact_text, secret_values
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_VALIDATION = 3
 EXIT_INPUT = 4
+EXIT_CONFLICT = 5
 
 log = logging.getLogger("catalogfs")
 
@@ -43,6 +51,9 @@ def setup_logging(level: str, quiet: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("py4j", "pyspark", "great_expectations", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pyspark logs every analysis error as JSON to stderr; the job reports it itself, in one line.
+    for duplicate in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        logging.getLogger(duplicate).setLevel(logging.CRITICAL)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -58,20 +69,32 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     """Parse ``argv``, load config, build Spark, run ``job(spark, cfg)``, map failures to exit codes."""
     from pyspark.errors import AnalysisException
 
-    from features.embedding_run import ValidationFailed
+    from features.delta_writer import SchemaMismatch
+    from features.embedding_run import PublishConflict, ValidationFailed
     from udfs.model_registry import ModelResolutionError
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_common_arguments(parser)
     if configure:
         configure(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage and one error line (or --help)
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     setup_logging(args.log_level, args.quiet)
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
         print(f"{prog}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    secrets = secret_values(cfg.model_dump(mode="json"))
+    install_log_redaction(secrets)
+    log.debug("effective config (secrets redacted): %s", redact(cfg.model_dump(mode="json")))
+
+    def fail(message: str, code: int) -> int:
+        print(redact_text(f"{prog}: {message}", secrets), file=sys.stderr)
+        return code
+
     if args.check:
         print(f"{prog}: arguments and config ok ({', '.join(cfg.sources)})")
         return EXIT_OK
@@ -83,18 +106,19 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
         if report is not None:
             report(result, cfg)
         return EXIT_OK
-    except ValidationFailed as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_VALIDATION
+    except (ValidationFailed, SchemaMismatch) as exc:
+        return fail(str(exc), EXIT_VALIDATION)
     except (InputError, ModelResolutionError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(str(exc), EXIT_INPUT)
+    except PublishConflict as exc:
+        return fail(str(exc), EXIT_CONFLICT)
     except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except AnalysisException as exc:  # a missing table or column, bad SQL
-        print(f"{prog}: {exc.getMessage() if hasattr(exc, 'getMessage') else exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(f"config error: {exc}", EXIT_CONFIG)
+    except AnalysisException as exc:  # a missing table or column, bad SQL: its first line says which
+        message = exc.getMessage() if hasattr(exc, "getMessage") else str(exc)
+        return fail((message.strip().splitlines() or ["analysis error"])[0], EXIT_INPUT)
+    except Exception:  # a bug: show where, without secrets
+        return fail("unexpected error (a bug), traceback:\n" + traceback.format_exc(), EXIT_ERROR)
 
 
 def _job_kwargs(args: argparse.Namespace, configure) -> dict[str, Any]:

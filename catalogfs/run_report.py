@@ -58,11 +58,18 @@ def _contact_sheet_png(path: Path, groups: dict[str, list[bytes]], per_label: in
     for r, label in enumerate(rows):
         y = 10 + r * (THUMB[1] + 10)
         draw.text((8, y + THUMB[1] // 2 - 6), label[:32], fill=(0, 0, 0))
-        for c, jpeg in enumerate(groups[label][:per_label]):
-            with Image.open(io.BytesIO(jpeg)) as img:
-                thumb = img.convert("RGB")
-                thumb.thumbnail(THUMB)
+        c = 0
+        for jpeg in groups[label]:
+            if c == per_label:
+                break
+            try:
+                with Image.open(io.BytesIO(jpeg)) as img:
+                    thumb = img.convert("RGB")
+                    thumb.thumbnail(THUMB)
+            except (OSError, ValueError, SyntaxError):  # a frame the model could not read either
+                continue
             sheet.paste(thumb, (220 + c * (THUMB[0] + 6), y))
+            c += 1
     sheet.save(path)
 
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 from catalogfs.config import Config
+from catalogfs.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,20 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def config_params(cfg: Config) -> dict[str, str]:
+    """The config as MLflow parameters, secrets redacted (``***`` under secret-looking keys, no
+    passwords in URIs): MLflow params are readable by everyone with access to the experiment."""
+    return flatten(redact(cfg.model_dump(mode="json", exclude={"sources"})))
+
+
 @contextmanager
 def job_run(cfg: Config, job: str) -> Iterator[Any]:
-    """An MLflow run for one job, with the whole config as parameters."""
+    """An MLflow run for one job, with the whole config (secrets redacted) as parameters."""
     import mlflow
 
     experiment_id = configure_mlflow(cfg)
     with mlflow.start_run(experiment_id=experiment_id, run_name=job) as run:
         mlflow.set_tag("catalogfs.job", job)
-        mlflow.log_params(flatten(cfg.model_dump(mode="json", exclude={"sources"})))
+        mlflow.log_params(config_params(cfg))
         mlflow.set_tag("catalogfs.config_files", ",".join(cfg.sources))
         yield run

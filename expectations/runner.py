@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -16,6 +17,10 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 from pyspark.sql import DataFrame  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+# Great Expectations keeps process-global state (its YAML handler among it) that is not safe to use
+# from two threads at once; runs publishing concurrently from one process validate in turn.
+_GX_LOCK = threading.Lock()
 
 
 @dataclass
@@ -52,6 +57,11 @@ def validate_candidates(candidates: Mapping[str, tuple[DataFrame, "gx.Expectatio
     Keeps, under ``report_dir``: ``<table>.json`` (the results), ``summary.json``, and a file-backed
     GE project in ``gx/`` whose Data Docs (HTML) show every suite and result.
     """
+    with _GX_LOCK:
+        return _validate(candidates, report_dir)
+
+
+def _validate(candidates: Mapping[str, tuple[DataFrame, "gx.ExpectationSuite"]], report_dir: Path) -> ValidationOutcome:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     report_dir.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(report_dir))

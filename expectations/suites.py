@@ -84,6 +84,21 @@ def video_labels_suite(p: SuiteParams) -> gx.ExpectationSuite:
     ])
 
 
+def video_flags_suite(p: SuiteParams) -> gx.ExpectationSuite:
+    """Flag rows: unique keys, scores and thresholds in [0, 1], every row at or over its threshold."""
+    keys = ("video_id", "embedding_space", "flag")
+    return gx.ExpectationSuite(name="video_flags", expectations=[
+        *_keys_not_null(keys),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(keys)),
+        gxe.ExpectColumnValuesToBeBetween(column="max_score", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeBetween(column="threshold", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToNotBeNull(column="threshold"),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="max_score", column_B="threshold", or_equal=True),
+        gxe.ExpectColumnValuesToBeBetween(column="n_frames_flagged", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="first_flag_ts_ms", min_value=0),
+    ])
+
+
 def drift_suite(p: SuiteParams) -> gx.ExpectationSuite:
     """For the one-row label-shift summary (see expectations.drift.label_shift)."""
     return gx.ExpectationSuite(name="label_drift", expectations=[

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,26 +27,119 @@ log = logging.getLogger(__name__)
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SchemaMismatch(ValueError):
+    """Rows meant for a published table do not have its schema; nothing was written."""
+
+
+def check_schema(table: TableDef, source: DataFrame, *, qualified_name: str | None = None) -> None:
+    """Refuse ``source`` unless its columns are exactly ``table``'s, with the same types.
+
+    Nullability is not compared here (Delta enforces the NOT NULL columns on write). Raises
+    :class:`SchemaMismatch` naming the table and every missing, unexpected or mistyped column.
+    """
+    expected = {f.name: f.dataType.simpleString() for f in table.schema.fields}
+    found = {f.name: f.dataType.simpleString() for f in source.schema.fields}
+    missing = [c for c in expected if c not in found]
+    unexpected = [c for c in found if c not in expected]
+    mistyped = [f"{c} ({expected[c]} expected, got {found[c]})" for c in expected
+                if c in found and found[c] != expected[c]]
+    if missing or unexpected or mistyped:
+        problems = ([f"missing columns {missing}"] if missing else []) \
+            + ([f"unexpected columns {unexpected}"] if unexpected else []) \
+            + ([f"wrong types: {', '.join(mistyped)}"] if mistyped else [])
+        raise SchemaMismatch(f"rows for {qualified_name or table.name} do not match its schema, nothing "
+                             f"written: {'; '.join(problems)}")
+
+
+def table_constraints(spark: SparkSession, name: str) -> dict[str, str]:
+    """The Delta CHECK constraints of table ``name``: constraint name → expression."""
+    prefix = "delta.constraints."
+    return {r["key"][len(prefix):]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()
+            if r["key"].startswith(prefix)}
+
+
+def add_missing_constraints(spark: SparkSession, name: str, table: TableDef) -> list[str]:
+    """``ALTER TABLE … ADD CONSTRAINT`` for each of ``table.checks`` that the existing table lacks
+    (idempotent: a constraint already there, by name, is left alone). Returns the names added.
+
+    Delta checks the existing rows first; a constraint they break is not added and is logged as an
+    error (the table needs repair), so the job goes on.
+    """
+    present = table_constraints(spark, name) if table.checks else {}
+    added = []
+    for check, expression in table.checks:
+        if check.lower() in present:
+            continue
+        try:
+            spark.sql(f"ALTER TABLE {name} ADD CONSTRAINT {_identifier(check)} CHECK ({expression})")
+            added.append(check)
+        except Exception as exc:  # existing rows violate it
+            log.error("cannot add constraint %s (%s) to %s: %s", check, expression, name,
+                      str(exc).splitlines()[0])
+    if added:
+        log.info("added CHECK constraints %s to %s", added, name)
+    return added
+
+
+def _identifier(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return name
 
 
 def ensure_catalog(spark: SparkSession, storage: StorageConfig,
                    tables: Sequence[TableDef] = ALL_TABLES, *, log_retention_days: int = 30) -> None:
-    """Create the database and the tables (empty, with their schemas) when missing."""
+    """Create the database and the tables (empty, with their schemas) when missing.
+
+    Key columns and other non-nullable columns are ``NOT NULL``; each table's ``checks`` become
+    Delta CHECK constraints, at creation (in the same commit) or, for an existing table that lacks
+    them, added by :func:`add_missing_constraints`.
+    """
     if not spark.catalog.databaseExists(storage.schema_name):
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {storage.schema_name} COMMENT 'catalogfs feature store'")
     for table in tables:
         name = storage.qualified(table.name)
         if spark.catalog.tableExists(name):
+            add_missing_columns(spark, name, table)
+            add_missing_constraints(spark, name, table)
             continue
         columns = ", ".join(
             f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
             + (f" COMMENT {sql_literal(f.metadata['comment'])}" if f.metadata.get("comment") else "")
             for f in table.schema.fields)
         properties = {"catalogfs.keys": ",".join(table.keys),
-                      "delta.logRetentionDuration": f"interval {log_retention_days} days"}
+                      "delta.logRetentionDuration": f"interval {log_retention_days} days",
+                      **{f"delta.constraints.{_identifier(c).lower()}": e for c, e in table.checks}}
         props = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
         spark.sql(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING DELTA "
                   f"COMMENT {sql_literal(table.comment)} TBLPROPERTIES ({props})")
+
+
+def add_missing_columns(spark: SparkSession, name: str, table: TableDef) -> list[str]:
+    """``ALTER TABLE … ADD COLUMNS`` for the columns of ``table`` that the existing table ``name``
+    lacks (a table created by an older version), so an existing data root keeps working.
+
+    Only nullable columns can be added this way (old rows read them as null); a missing NOT NULL
+    column is an error that asks for a migration. Returns the columns added.
+    """
+    existing = {c.lower() for c in spark.table(name).columns}
+    missing = [f for f in table.schema.fields if f.name.lower() not in existing]
+    if not missing:
+        return []
+    required = [f.name for f in missing if not f.nullable]
+    if required:
+        raise ValueError(f"table {name} lacks NOT NULL columns {required}: it needs a migration, "
+                         f"ADD COLUMNS cannot fill them for existing rows")
+    columns = ", ".join(
+        f"`{f.name}` {f.dataType.simpleString()}"
+        + (f" COMMENT {sql_literal(f.metadata['comment'])}" if f.metadata.get("comment") else "")
+        for f in missing)
+    spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({columns})")
+    log.info("added columns %s to %s", [f.name for f in missing], name)
+    return [f.name for f in missing]
 
 
 def table_version(spark: SparkSession, storage: StorageConfig, table: str) -> int:
@@ -102,8 +196,13 @@ def drop_staging(path: Path) -> None:
 
 
 def sql_literal(value: str) -> str:
-    """``value`` as a quoted SQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """``value`` as a quoted Spark SQL string literal that reads back as exactly ``value``.
+
+    Backslashes and quotes are escaped, and so is ``{``: Spark substitutes ``${name}`` anywhere in
+    the SQL text (``spark.sql.variable.substitute``), inside literals too.
+    """
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("{", "\\{")
+    return "'" + escaped + "'"
 
 
 def scope_condition(column: str, values: Sequence[str], *, alias: str = "t") -> str:
@@ -121,10 +220,12 @@ def merge_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, sou
     with ``delete_scope``, target rows inside that scope that the source lacks are deleted, so the
     scope ends up holding exactly the source's rows. One Delta commit.
     """
+    name = storage.qualified(table.name)
+    check_schema(table, source, qualified_name=name)
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in table.keys)
     columns = [f.name for f in table.schema.fields]
     assignments = {f"`{c}`": F.col(f"s.`{c}`") for c in columns}
-    merge = (DeltaTable.forName(spark, storage.qualified(table.name)).alias("t")
+    merge = (DeltaTable.forName(spark, name).alias("t")
              .merge(source.select(*columns).alias("s"), on)
              .whenMatchedUpdate(condition=update_condition, set=assignments)
              .whenNotMatchedInsert(values=assignments))
@@ -134,6 +235,8 @@ def merge_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, sou
 
 
 def append_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, rows: DataFrame) -> None:
-    """Append to a published table (used for the lineage table)."""
+    """Append to a published table (used for the lineage table); refused unless ``rows`` has the
+    table's schema (:func:`check_schema`)."""
+    check_schema(table, rows, qualified_name=storage.qualified(table.name))
     columns = [f.name for f in table.schema.fields]
     rows.select(*columns).write.format("delta").mode("append").saveAsTable(storage.qualified(table.name))

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.progress import Progress
 from expectations.runner import ValidationOutcome, validate_candidates
@@ -31,12 +32,13 @@ from expectations.suites import (
     drift_suite,
     frame_embeddings_suite,
     video_embeddings_suite,
+    video_flags_suite,
     video_labels_suite,
 )
 from expectations.vector_checks import with_score_checks, with_vector_checks
 from features import delta_writer
-from features.promotion import current_space, promote
-from features.pooling import aggregate_video_labels, pool_video_embeddings
+from features.promotion import current_space, promote, refresh_current_views
+from features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
 from features.spaces import EmbeddingSpace
 from features.tables import (
     FEATURE_VERSIONS,
@@ -44,6 +46,7 @@ from features.tables import (
     FRAMES,
     PUBLISHED_TABLES,
     VIDEO_EMBEDDINGS,
+    VIDEO_FLAGS,
     VIDEO_LABELS,
 )
 from udfs.engine import EngineOptions
@@ -73,6 +76,7 @@ class EmbedResult:
     frames_total: int = 0
     frames_embedded: int = 0
     forward_passes: int = 0
+    model_loads: int = 0
     videos_updated: list[str] = field(default_factory=list)
     status_counts: dict[str, int] = field(default_factory=dict)
     table_versions: dict[str, int] = field(default_factory=dict)
@@ -92,7 +96,8 @@ class EmbedResult:
 def engine_options(cfg: Config) -> EngineOptions:
     inf = cfg.inference
     return EngineOptions(batch_size=inf.batch_size, device=inf.device, num_threads=inf.num_threads,
-                         top_k=inf.top_k, max_image_pixels=inf.max_image_pixels)
+                         top_k=inf.top_k, max_image_pixels=inf.max_image_pixels,
+                         max_batch_bytes=inf.max_batch_bytes, gpu_decode=inf.gpu_decode)
 
 
 def frames_to_embed(frames: DataFrame, published: DataFrame) -> DataFrame:
@@ -104,7 +109,8 @@ def frames_to_embed(frames: DataFrame, published: DataFrame) -> DataFrame:
 
 def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: ResolvedModel,
                              space: EmbeddingSpace, cfg: Config, *, run_id: str,
-                             computed_at: datetime, forward_passes=None, frames_done=None) -> DataFrame:
+                             computed_at: datetime, forward_passes=None, frames_done=None,
+                             model_loads=None) -> DataFrame:
     """Run the embed UDF over ``frames``; returns rows with the ``frame_embeddings`` schema.
 
     Frames that arrived with a non-ok status keep it (and get no vector); frames the engine could
@@ -112,7 +118,7 @@ def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: Reso
     """
     udf = make_embed_udf(model.source_uri, engine_options(cfg),
                          cache_dir=str(cfg.storage.model_cache_dir / model.name / model.version),
-                         forward_passes=forward_passes, frames_done=frames_done)
+                         forward_passes=forward_passes, frames_done=frames_done, model_loads=model_loads)
     frame_ok = F.col("status") == "ok"
     out = frames.withColumn("_r", udf(F.col("image")))
     return out.select(
@@ -122,6 +128,8 @@ def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: Reso
         "content_sha256",
         F.when(frame_ok, F.col("_r.labels")).alias("labels"),
         F.when(frame_ok, F.col("_r.label_scores")).alias("label_scores"),
+        F.when(frame_ok, F.col("_r.flags")).alias("flags"),
+        F.when(frame_ok, F.col("_r.flag_scores")).alias("flag_scores"),
         F.when(frame_ok, F.col("_r.status")).otherwise(F.col("status")).alias("status"),
         F.when(frame_ok, F.col("_r.error")).otherwise(F.col("error")).alias("error"),
         F.lit(model.name).alias("model_name"),
@@ -150,12 +158,14 @@ def _video_rows(df: DataFrame, *, run_id: str, computed_at: datetime, extra: dic
 
 
 def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: DataFrame,
-                           video_lab: DataFrame) -> tuple[list[str], list[str]]:
+                           video_lab: DataFrame, video_flags: DataFrame | None = None) -> tuple[list[str], list[str]]:
     """Videos whose published rows in one space no longer match ``frames``.
 
     Returns (videos with frame rows whose frame is gone from ``frames`` — the removal policy
     deletes those rows —, videos whose video-level rows are missing or older than their newest
-    frame row, e.g. after a publish that stopped between tables).
+    frame row, e.g. after a publish that stopped between tables). With ``video_flags`` (models with
+    flags), flag rows count too: a video may rightly have none, so they are missing only where an
+    ok frame carries a flag, and stale wherever they are older than the video's newest frame row.
     """
     orphans = published.join(frames.select(*FRAME_KEYS), FRAME_KEYS, "left_anti").select("video_id").distinct()
     newest = (published.where(F.col("status") == "ok").groupBy("video_id")
@@ -167,6 +177,16 @@ def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: D
                       .where(F.col("video_at").isNull() | (F.col("video_at") < F.col("frame_at")))
                       .select("video_id"))
         stale = stale_here if stale is newest else stale.unionByName(stale_here)
+    if video_flags is not None:
+        flags_at = video_flags.groupBy("video_id").agg(F.max("computed_at").alias("video_at"))
+        flagged = (published.where((F.col("status") == "ok") & (F.size("flags") > 0))
+                   .groupBy("video_id").agg(F.max("computed_at").alias("flag_frame_at")))
+        missing = (flagged.join(flags_at, "video_id", "left")
+                   .where(F.col("video_at").isNull() | (F.col("video_at") < F.col("flag_frame_at")))
+                   .select("video_id"))
+        older = (newest.join(flags_at, "video_id")
+                 .where(F.col("video_at") < F.col("frame_at")).select("video_id"))
+        stale = stale.unionByName(missing).unionByName(older)
     return (sorted(r["video_id"] for r in orphans.collect()),
             sorted({r["video_id"] for r in stale.collect()}))
 
@@ -184,6 +204,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     delta_writer.ensure_catalog(spark, storage, log_retention_days=cfg.retention.log_retention_days)
+    refresh_current_views(spark, storage)  # a data root from an older version: new tables and columns
+    flags_spec = dict(model.spec.options.get("flags") or {})
 
     def in_space(table: str) -> DataFrame:
         return spark.table(storage.qualified(table)).where(F.col("embedding_space") == space.id)
@@ -194,7 +216,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     todo = frames_to_embed(frames, published)
     n_todo = todo.count()
     orphan_videos, stale_videos = videos_needing_refresh(
-        frames, published, in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name))
+        frames, published, in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
+        in_space(VIDEO_FLAGS.name) if flags_spec else None)
     if n_todo == 0 and not orphan_videos and not stale_videos:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
         result.seconds = time.monotonic() - t0
@@ -204,6 +227,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     staging = storage.staging_dir / run_id
     accumulator = spark.sparkContext.accumulator(0)
     frames_done = spark.sparkContext.accumulator(0)
+    model_loads = spark.sparkContext.accumulator(0)
     if n_todo:
         partitions = max(1, min(spark.sparkContext.defaultParallelism * 2,
                                 math.ceil(n_todo / cfg.inference.batch_size)))
@@ -211,12 +235,13 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
         log.info("embedding %d frames into space %s", n_todo, space.id)
     candidates = compute_frame_candidates(spark, todo, model, space, cfg, run_id=run_id,
                                           computed_at=started, forward_passes=accumulator,
-                                          frames_done=frames_done)
+                                          frames_done=frames_done, model_loads=model_loads)
     t_embed = time.monotonic()
     with Progress("embedding", n_todo, frames_done):
         candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
     result.embed_seconds = time.monotonic() - t_embed
     result.forward_passes = int(accumulator.value)
+    result.model_loads = int(model_loads.value)
     result.frames_embedded = n_todo
     result.status_counts = {r["status"]: int(r["count"]) for r in candidates.groupBy("status").count().collect()}
     video_ids = sorted({r["video_id"] for r in candidates.select("video_id").distinct().collect()}
@@ -232,6 +257,13 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
         _video_rows(aggregate_video_labels(state, top_k=cfg.labels.top_k_per_video), run_id=run_id,
                     computed_at=started, extra={"taxonomy_version": space.taxonomy_version}),
         staging / VIDEO_LABELS.name)
+    video_flags = None
+    if flags_spec:  # models without flags write no video_flags rows
+        video_flags = delta_writer.write_staging(
+            _video_rows(aggregate_video_flags(state, thresholds=flags_spec), run_id=run_id,
+                        computed_at=started, extra={"taxonomy_version": space.taxonomy_version}),
+            staging / VIDEO_FLAGS.name)
+    failpoints.reached("after_staging")
 
     v = cfg.validation
     params = SuiteParams(dim=space.dim, norm_tolerance=v.norm_tolerance, max_reject_rate=v.max_reject_rate,
@@ -239,6 +271,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
                          drift_min_share=v.drift_min_share, max_label_shift=v.max_label_shift)
     frame_checks = with_score_checks(with_vector_checks(candidates))
     checks = {}
+    if video_flags is not None:
+        checks[VIDEO_FLAGS.name] = (video_flags, video_flags_suite(params))
     reference = drift_reference(spark, cfg, space)
     if reference is not None:
         log.info("checking drift against the current space %s", reference)
@@ -255,8 +289,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.validation, result.report_dir = outcome, str(report_dir)
 
     if outcome.success:
-        publish_candidates(spark, cfg, space, state, video_emb, video_lab, video_ids, run_id=run_id,
-                           txn_version=int(started.timestamp() * 1000))
+        publish_with_retries(spark, cfg, space, state, video_emb, video_lab, video_ids, run_id=run_id,
+                             txn_version=int(started.timestamp() * 1000), video_flags=video_flags)
         result.published = True
     result.table_versions = _versions(spark, cfg)
     result.seconds = time.monotonic() - t0
@@ -292,11 +326,63 @@ def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
     return {t.name: delta_writer.table_version(spark, cfg.storage, t.name) for t in PUBLISHED_TABLES}
 
 
+class PublishConflict(RuntimeError):
+    """A publish kept losing commit races to concurrent publishers; the message says what to do."""
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is Delta's optimistic-concurrency failure (another writer committed first)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    conflicts = {"ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+                 "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+                 "ProtocolChangedException", "DeltaConcurrentModificationException"}
+    if names & conflicts:
+        return True
+    text = str(exc)
+    return any(marker in text for marker in ("DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED",
+                                             "io.delta.exceptions.Concurrent"))
+
+
+def publish_with_retries(spark: SparkSession, cfg: Config, space: EmbeddingSpace, *args, run_id: str,
+                         **kwargs) -> int:
+    """:func:`publish_candidates`, retried when a concurrent publisher won a commit race.
+
+    A retry replays the same staged candidates with the same transaction ids, so tables whose
+    MERGE had already committed are skipped by Delta and the others are merged against the
+    winner's rows (keys stay unique: a MERGE updates matched keys instead of inserting them).
+    Returns the attempts used; raises :class:`PublishConflict` after ``publish.max_attempts``.
+    """
+    attempts, wait = cfg.publish.max_attempts, cfg.publish.retry_backoff_seconds
+    failpoints.reached("before_publish")
+    for attempt in range(1, attempts + 1):
+        try:
+            publish_candidates(spark, cfg, space, *args, run_id=run_id, **kwargs)
+            return attempt
+        except Exception as exc:  # noqa: BLE001 - only commit conflicts are retried
+            if not is_commit_conflict(exc):
+                raise
+            if attempt == attempts:
+                raise PublishConflict(
+                    f"publish of space {space.id} (run {run_id}) lost {attempts} commit races to concurrent "
+                    f"writers; nothing of this run is half-applied per table (each MERGE is atomic). Rerun "
+                    f"the job: it embeds only what is still missing. Last conflict: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+            log.warning("publish attempt %d/%d of space %s lost a commit race (%s); retrying in %.1f s",
+                        attempt, attempts, space.id, type(exc).__name__, wait)
+            time.sleep(wait)
+            for table in PUBLISHED_TABLES:  # plan the retry on the winner's snapshot
+                if spark.catalog.tableExists(cfg.storage.qualified(table.name)):
+                    spark.catalog.refreshTable(cfg.storage.qualified(table.name))
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
 def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_state: DataFrame,
                        video_emb: DataFrame, video_lab: DataFrame, video_ids: list[str], *, run_id: str,
-                       txn_version: int) -> None:
+                       txn_version: int, video_flags: DataFrame | None = None) -> None:
     """One MERGE per published table: the affected videos' rows in this space become exactly the
     staged ones (new and changed rows written, unchanged ones left alone, vanished ones deleted).
+    ``video_flags`` is None for models without flags: that table is then left alone.
 
     Each MERGE carries a Delta transaction id (app ``catalogfs:<space>:<table>``, version
     ``txn_version``): replaying the same publish is skipped by Delta instead of applied twice.
@@ -308,13 +394,18 @@ def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, 
                 "model_version": space.model_version}
     changed = "t.run_id <> s.run_id OR NOT (t.content_sha256 <=> s.content_sha256)"
     with delta_writer.commit_metadata(spark, metadata):
-        delta_writer.register_space(spark, storage, [t.name for t in PUBLISHED_TABLES], space.id)
-        for table, source, condition in ((FRAME_EMBEDDINGS, frame_state, changed),
-                                         (VIDEO_EMBEDDINGS, video_emb, None),
-                                         (VIDEO_LABELS, video_lab, None)):
+        merges = [(FRAME_EMBEDDINGS, frame_state, changed), (VIDEO_EMBEDDINGS, video_emb, None),
+                  (VIDEO_LABELS, video_lab, None)]
+        if video_flags is not None:
+            merges.append((VIDEO_FLAGS, video_flags, None))
+        for table, source, _ in merges:  # every source checked before the first table is touched
+            delta_writer.check_schema(table, source, qualified_name=storage.qualified(table.name))
+        delta_writer.register_space(spark, storage, [t.name for t, _, _ in merges], space.id)
+        for table, source, condition in merges:
             with delta_writer.idempotent(spark, f"catalogfs:{space.id}:{table.name}", txn_version):
                 delta_writer.merge_rows(spark, storage, table, source, update_condition=condition,
                                         delete_scope=scope)
+            failpoints.reached("publish")
 
 
 def record_lineage(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace,

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Sequence
 
 from delta.tables import DeltaTable
@@ -68,3 +71,23 @@ def apply_retention(spark: SparkSession, storage: StorageConfig, keep: int,
     """Apply :func:`vacuum_keep_versions` to every table of the catalog that exists."""
     return [vacuum_keep_versions(spark, storage.qualified(t), keep) for t in tables
             if spark.catalog.tableExists(storage.qualified(t))]
+
+
+def sweep_staging(staging_dir: Path, *, older_than_hours: float, now: float | None = None) -> list[str]:
+    """Delete staging folders of runs that died (SIGKILL, lost machine) and left their candidates.
+
+    A run removes its own staging folder when it ends; folders not modified for
+    ``older_than_hours`` belong to runs that are gone. Returns the run ids removed.
+    """
+    if not staging_dir.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - older_than_hours * 3600
+    removed = []
+    for run_dir in sorted(staging_dir.iterdir()):
+        newest = max((f.stat().st_mtime for f in run_dir.rglob("*")), default=run_dir.stat().st_mtime)
+        if run_dir.is_dir() and max(newest, run_dir.stat().st_mtime) < cutoff:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir.name)
+    if removed:
+        log.info("removed the staging folders of %d dead runs: %s", len(removed), ", ".join(removed))
+    return removed

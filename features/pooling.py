@@ -6,6 +6,8 @@ different embedding spaces are never mixed: every aggregate groups by ``embeddin
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window
@@ -69,3 +71,30 @@ def aggregate_video_labels(frame_embeddings: DataFrame, *, top_k: int) -> DataFr
             .select("video_id", "embedding_space", "label", "score", "rank",
                     F.col("n_frames_supporting").cast("int").alias("n_frames_supporting"),
                     "model_name", "model_version"))
+
+
+def aggregate_video_flags(frame_embeddings: DataFrame, *, thresholds: Mapping[str, float]) -> DataFrame:
+    """Per video, space and flag: the flag's frames among the video's ok frames.
+
+    Frames carry the flags they reached (score ≥ the label's own threshold); a video gets one row per
+    label flagged on at least one ok frame, and none for labels never flagged. ``thresholds`` is the
+    model's flags spec (label → threshold), recorded in each row. Returns video_id, embedding_space,
+    flag, max_score, n_frames_flagged, first_flag_ts_ms, threshold, model_name, model_version.
+    """
+    ok = frame_embeddings.where((F.col("status") == "ok") & (F.size("flags") > 0))
+    exploded = ok.select(
+        "video_id", "embedding_space", "frame_ts_ms", "model_name", "model_version",
+        F.explode(F.arrays_zip(F.col("flags").alias("flag"), F.col("flag_scores").alias("score"))).alias("f"),
+    ).select("video_id", "embedding_space", "frame_ts_ms", "model_name", "model_version",
+             F.col("f.flag").alias("flag"), F.col("f.score").alias("score"))
+    spec = F.create_map(*[c for label, threshold in sorted(thresholds.items())
+                          for c in (F.lit(label), F.lit(float(threshold)).cast("float"))]) if thresholds else None
+    grouped = exploded.groupBy("video_id", "embedding_space", "flag").agg(
+        F.max("score").cast("float").alias("max_score"),
+        F.count(F.lit(1)).cast("int").alias("n_frames_flagged"),
+        F.min("frame_ts_ms").alias("first_flag_ts_ms"),
+        F.max("model_name").alias("model_name"), F.max("model_version").alias("model_version"))
+    threshold = spec[F.col("flag")] if spec is not None else F.lit(None).cast("float")
+    return grouped.select("video_id", "embedding_space", "flag", "max_score", "n_frames_flagged",
+                          "first_flag_ts_ms", threshold.cast("float").alias("threshold"),
+                          "model_name", "model_version")

@@ -20,11 +20,11 @@ from pyspark.sql import functions as F
 from catalogfs.config import StorageConfig
 from features import delta_writer
 from features.knn import top_k_neighbours
-from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
 
 log = logging.getLogger(__name__)
 
-CURRENT_VIEWS = {f"current_{t.name}": t.name for t in (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)}
+CURRENT_VIEWS = {f"current_{t.name}": t.name for t in PUBLISHED_TABLES}
 
 
 class PromotionError(ValueError):
@@ -59,11 +59,7 @@ def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_i
     if space_id not in published_spaces(spark, storage):
         raise PromotionError(f"space {space_id!r} has never been published; published spaces: "
                              f"{published_spaces(spark, storage)}")
-    literal = delta_writer.sql_literal(space_id)
-    for view, table in CURRENT_VIEWS.items():
-        spark.sql(f"CREATE OR REPLACE VIEW {storage.qualified(view)} "
-                  f"COMMENT 'catalogfs: rows of the current embedding space' AS "
-                  f"SELECT * FROM {storage.qualified(table)} WHERE embedding_space = {literal}")
+    _create_views(spark, storage, space_id, CURRENT_VIEWS)
     source = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == "published"))
               .orderBy(F.desc("finished_at")).first())
     now = datetime.now(timezone.utc)
@@ -72,6 +68,36 @@ def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_i
     delta_writer.append_rows(spark, storage, FEATURE_VERSIONS,
                              spark.createDataFrame([row], FEATURE_VERSIONS.schema))
     log.info("current space is now %s (%s)", space_id, note)
+
+
+def _create_views(spark: SparkSession, storage: StorageConfig, space_id: str, views: dict[str, str]) -> None:
+    literal = delta_writer.sql_literal(space_id)
+    for view, table in views.items():
+        spark.sql(f"CREATE OR REPLACE VIEW {storage.qualified(view)} "
+                  f"COMMENT 'catalogfs: rows of the current embedding space' AS "
+                  f"SELECT * FROM {storage.qualified(table)} WHERE embedding_space = {literal}")
+
+
+def refresh_current_views(spark: SparkSession, storage: StorageConfig) -> list[str]:
+    """Re-create ``current_*`` views that are missing or lack columns their table has gained (a data
+    root from an older version: new tables, columns added by ``ensure_catalog``), for the current
+    space, without recording a promotion. Returns the views re-created; none when no space is current."""
+    stale = {}
+    for view, table in CURRENT_VIEWS.items():
+        name = storage.qualified(view)
+        if not spark.catalog.tableExists(storage.qualified(table)):
+            continue
+        if (not spark.catalog.tableExists(name)
+                or spark.table(name).columns != spark.table(storage.qualified(table)).columns):
+            stale[view] = table
+    if not stale:
+        return []
+    space = current_space(spark, storage)
+    if space is None:
+        return []
+    _create_views(spark, storage, space, stale)
+    log.info("re-created views %s for the current space %s", sorted(stale), space)
+    return sorted(stale)
 
 
 def rollback(spark: SparkSession, storage: StorageConfig, *, run_id: str) -> str:

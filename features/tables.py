@@ -23,10 +23,18 @@ from pyspark.sql.types import (
 
 @dataclass(frozen=True)
 class TableDef:
+    """A published table: name, key columns (NOT NULL), schema, comment, and Delta CHECK constraints.
+
+    ``checks`` are ``(constraint name, SQL boolean expression)`` pairs; Delta refuses any write
+    that breaks one. They are added to new tables at creation and to existing tables when absent
+    (``delta_writer.ensure_catalog``); to change an expression, give it a new name.
+    """
+
     name: str
     keys: tuple[str, ...]
     schema: StructType
     comment: str
+    checks: tuple[tuple[str, str], ...] = ()
 
 
 def _f(name: str, dtype, nullable: bool = True, comment: str = "") -> StructField:
@@ -37,6 +45,8 @@ FRAMES = TableDef(
     name="frames",
     keys=("video_id", "frame_ts_ms"),
     comment="Sampled video frames as JPEG, one row per kept frame (or one status row per unreadable video).",
+    checks=(("frame_ts_ms_valid", "frame_ts_ms >= -1"), ("frame_index_valid", "frame_index >= -1"),
+            ("status_not_empty", "length(status) > 0")),
     schema=StructType([
         _f("video_id", StringType(), False, "Video identifier (file stem for file inputs)."),
         _f("frame_ts_ms", LongType(), False, "Presentation time of the frame in ms; -1 for a video-level status row."),
@@ -55,7 +65,9 @@ FRAMES = TableDef(
 FRAME_EMBEDDINGS = TableDef(
     name="frame_embeddings",
     keys=("video_id", "frame_ts_ms", "embedding_space"),
-    comment="One L2-normalised embedding per frame and embedding space, with the frame's top labels.",
+    checks=(("frame_ts_ms_valid", "frame_ts_ms >= -1"), ("status_not_empty", "length(status) > 0"),
+            ("ok_frame_has_embedding", "status <> 'ok' OR embedding IS NOT NULL")),
+    comment="One L2-normalised embedding per frame and embedding space, with the frame's top labels and flags.",
     schema=StructType([
         _f("video_id", StringType(), False),
         _f("frame_ts_ms", LongType(), False),
@@ -70,6 +82,11 @@ FRAME_EMBEDDINGS = TableDef(
         _f("model_version", StringType(), False),
         _f("run_id", StringType(), False),
         _f("computed_at", TimestampType(), False),
+        # Added after the first release: last, so tables migrated by ADD COLUMNS have the same layout.
+        _f("flags", ArrayType(StringType(), True), True,
+           "Labels whose score reached their own threshold, best first; null when the model has no flags "
+           "or the frame is not ok, empty when nothing was flagged."),
+        _f("flag_scores", ArrayType(FloatType(), True), True, "Scores of `flags`, in [0, 1]."),
     ]),
 )
 
@@ -77,6 +94,7 @@ VIDEO_EMBEDDINGS = TableDef(
     name="video_embeddings",
     keys=("video_id", "embedding_space"),
     comment="Mean of a video's ok frame embeddings, re-normalised to unit length.",
+    checks=(("n_frames_positive", "n_frames > 0"),),
     schema=StructType([
         _f("video_id", StringType(), False),
         _f("embedding_space", StringType(), False),
@@ -93,6 +111,8 @@ VIDEO_LABELS = TableDef(
     name="video_labels",
     keys=("video_id", "embedding_space", "label"),
     comment="Top labels per video: mean frame score over the video's ok frames.",
+    checks=(("score_in_unit_range", "score BETWEEN 0 AND 1"), ("rank_positive", "rank >= 1"),
+            ("n_frames_supporting_valid", "n_frames_supporting >= 0")),
     schema=StructType([
         _f("video_id", StringType(), False),
         _f("embedding_space", StringType(), False),
@@ -108,10 +128,35 @@ VIDEO_LABELS = TableDef(
     ]),
 )
 
+VIDEO_FLAGS = TableDef(
+    name="video_flags",
+    keys=("video_id", "embedding_space", "flag"),
+    comment="Moderation-style flags per video: labels that reached their threshold on at least one ok frame.",
+    checks=(("max_score_in_unit_range", "max_score BETWEEN 0 AND 1"),
+            ("threshold_in_unit_range", "threshold BETWEEN 0 AND 1"),
+            ("max_score_reaches_threshold", "max_score >= threshold"),
+            ("n_frames_flagged_positive", "n_frames_flagged >= 1"), ("first_flag_ts_ms_valid", "first_flag_ts_ms >= 0")),
+    schema=StructType([
+        _f("video_id", StringType(), False),
+        _f("embedding_space", StringType(), False),
+        _f("flag", StringType(), False, "A label of the model's flags spec."),
+        _f("max_score", FloatType(), False, "Highest score of the label over the video's flagged frames."),
+        _f("n_frames_flagged", IntegerType(), False, "Ok frames on which the label reached its threshold."),
+        _f("first_flag_ts_ms", LongType(), False, "Time of the first flagged frame, in ms."),
+        _f("threshold", FloatType(), False, "The label's threshold in the model's flags spec."),
+        _f("taxonomy_version", StringType(), False),
+        _f("model_name", StringType(), False),
+        _f("model_version", StringType(), False),
+        _f("run_id", StringType(), False),
+        _f("computed_at", TimestampType(), False),
+    ]),
+)
+
 FEATURE_VERSIONS = TableDef(
     name="feature_versions",
     keys=("run_id", "embedding_space"),
     comment="Lineage: one row per embedding space and publish attempt.",
+    checks=(("dim_positive", "dim > 0"), ("frames_embedded_valid", "frames_embedded >= 0")),
     schema=StructType([
         _f("run_id", StringType(), False),
         _f("embedding_space", StringType(), False),
@@ -137,6 +182,7 @@ VIDEO_NEIGHBORS = TableDef(
     name="video_neighbors",
     keys=("video_id", "embedding_space", "neighbor_id"),
     comment="All-pairs top-k nearest videos by cosine, per space (candidate generation, near-duplicates).",
+    checks=(("rank_positive", "rank >= 1"),),
     schema=StructType([
         _f("video_id", StringType(), False),
         _f("embedding_space", StringType(), False),
@@ -148,5 +194,6 @@ VIDEO_NEIGHBORS = TableDef(
     ]),
 )
 
-PUBLISHED_TABLES = (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS)
-ALL_TABLES = (FRAMES, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, FEATURE_VERSIONS, VIDEO_NEIGHBORS)
+PUBLISHED_TABLES = (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS)
+ALL_TABLES = (FRAMES, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS, FEATURE_VERSIONS,
+              VIDEO_NEIGHBORS)

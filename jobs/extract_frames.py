@@ -34,7 +34,10 @@ def run(spark, cfg: Config, *, input: str | None = None) -> ExtractResult:
     import mlflow
 
     pattern = input or cfg.input_pattern
-    videos = list_videos(pattern) if pattern else []
+    try:
+        videos = list_videos(pattern) if pattern else []
+    except ValueError as exc:  # two files map to one video id
+        raise InputError(str(exc)) from exc
     if not videos:
         raise InputError(f"no videos found at {pattern!r} (extract.input); "
                          f"run `catalogfs make-samples` or point --input at a folder of videos")

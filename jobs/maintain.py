@@ -1,4 +1,5 @@
-"""Job: table maintenance — VACUUM every table, keeping its newest versions readable.
+"""Job: table maintenance — VACUUM every table, keeping its newest versions readable, and remove
+staging folders left by runs that died (older than ``--staging-hours``, default 24).
 
     catalogfs maintain [--keep-versions N]        (default: retention.keep_versions)
     spark-submit jobs/maintain.py --conf conf/local.yaml
@@ -14,14 +15,18 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from catalogfs.job_main import run_main
-from features.maintenance import VacuumResult, apply_retention
+from features.maintenance import VacuumResult, apply_retention, sweep_staging
 
 
-def run(spark, cfg: Config, *, keep_versions: int | None = None) -> list[VacuumResult]:
-    return apply_retention(spark, cfg.storage, keep_versions or cfg.retention.keep_versions)
+def run(spark, cfg: Config, *, keep_versions: int | None = None,
+        staging_hours: float = 24.0) -> tuple[list[VacuumResult], list[str]]:
+    results = apply_retention(spark, cfg.storage, keep_versions or cfg.retention.keep_versions)
+    return results, sweep_staging(cfg.storage.staging_dir, older_than_hours=staging_hours)
 
 
-def print_result(results: list[VacuumResult], cfg: Config) -> None:
+def print_result(outcome: tuple[list[VacuumResult], list[str]], cfg: Config) -> None:
+    results, swept = outcome
+    print(f"maintain: staging folders of dead runs removed: {len(swept)}")
     for r in results:
         done = "nothing to vacuum" if r.retain_hours is None else f"files needed in the last {r.retain_hours} h kept"
         print(f"maintain: {r.table}: {r.versions} versions, readable from version "
@@ -30,6 +35,8 @@ def print_result(results: list[VacuumResult], cfg: Config) -> None:
 
 def _arguments(parser) -> None:
     parser.add_argument("--keep-versions", type=int, default=None, help="versions kept readable per table")
+    parser.add_argument("--staging-hours", type=float, default=24.0,
+                        help="remove staging folders of runs untouched for this long (default 24)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

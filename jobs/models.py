@@ -1,51 +1,98 @@
 """The model registry: register a model, move an alias, list versions.
 
     catalogfs models register --from DIR --name NAME [--alias challenger] [--taxonomy conf/taxonomies/x.yaml]
-    catalogfs models alias NAME VERSION ALIAS          (e.g. promote a challenger to champion)
+                              [--flags flags.yaml]
+    catalogfs models promote NAME VERSION [--alias champion]   (move an alias to a version)
+    catalogfs models alias NAME VERSION ALIAS                  (the same, alias given positionally)
     catalogfs models list [NAME]
 
 DIR is a model bundle folder, or a transformers ``save_pretrained`` folder (CLIP, SigLIP, ViT,
-DINOv2 …; safetensors weights and preprocessor_config.json) that is turned into one. The embed job
-uses ``models:/<model.name>@<model.alias>``, or ``--model NAME@ALIAS``.
+DINOv2 …; safetensors weights and preprocessor_config.json) that is turned into one. Flags
+(moderation-style, label → threshold) come from the taxonomy's ``flags:`` section for CLIP-like
+models, or from ``--flags FILE`` (YAML ``label: threshold``) for any model with labels. The embed
+job uses ``models:/<model.name>@<model.alias>``, or ``--model NAME@ALIAS``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from catalogfs.config import Config, ConfigError
 from catalogfs.job_main import InputError, run_main
 
 
-def _bundle_from(source: Path, taxonomy_file: Path | None, workdir: Path) -> Path:
+def _bundle_from(source: Path, taxonomy_file: Path | None, workdir: Path, flags_file: Path | None = None) -> Path:
+    from udfs.flags import FlagsError, load_flags_file, load_taxonomy
     from udfs.hf_models import write_transformers_bundle
-    from udfs.model_bundle import SPEC_FILE
+    from udfs.model_bundle import SPEC_FILE, copy_with_flags
 
+    try:
+        taxonomy = load_taxonomy(taxonomy_file) if taxonomy_file else None
+        flags = load_flags_file(flags_file) if flags_file else None
+    except FlagsError as exc:
+        raise ConfigError(str(exc)) from exc
+    if flags and taxonomy is not None and taxonomy.flags:
+        raise ConfigError(f"flags given twice: in {taxonomy_file} and with --flags {flags_file}; keep one")
+    flags = flags or (taxonomy.flags if taxonomy is not None else None)
     if (source / SPEC_FILE).exists():
-        return source
+        if taxonomy is not None:
+            raise InputError(f"{source} is a model bundle already: --taxonomy applies to transformers folders")
+        try:
+            return copy_with_flags(source, workdir / "bundle", flags) if flags else source
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
     if not (source / "config.json").exists():
         raise InputError(f"{source}: neither a model bundle ({SPEC_FILE}) nor a transformers folder (config.json)")
-    taxonomy, version = None, ""
-    if taxonomy_file:
-        try:
-            data = yaml.safe_load(taxonomy_file.read_text())
-            taxonomy, version = data["labels"], str(data["version"])
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{taxonomy_file}: expected 'version' and 'labels: {{label: [prompts]}}' ({exc})") from exc
     try:
-        return write_transformers_bundle(source, workdir / "bundle", taxonomy=taxonomy, taxonomy_version=version)
+        return write_transformers_bundle(source, workdir / "bundle",
+                                         taxonomy=taxonomy.labels if taxonomy else None,
+                                         taxonomy_version=taxonomy.version if taxonomy else "", flags=flags)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
 
 
+def describe_version(name: str, version: str, tags: dict[str, str], aliases: list[str]) -> str:
+    """One line of ``models list``: metadata and signature recorded at registration."""
+    from mlflow.models.signature import ModelSignature
+
+    parts = [f"{name} v{version}", f"family={tags.get('family', '?')}"]
+    if tags.get("kind") and tags.get("kind") != tags.get("family"):
+        parts.append(f"kind={tags['kind']}")
+    parts += [f"dim={tags.get('embedding_dim', '?')}", f"preprocess={tags.get('preprocess_hash', '?')}",
+              f"labels={tags.get('label_set') or '-'}"]
+    if tags.get("taxonomy_version"):
+        parts.append(f"taxonomy={tags['taxonomy_version']}")
+    if tags.get("flags"):
+        try:
+            flags = ",".join(f"{k}>={v:g}" for k, v in json.loads(tags["flags"]).items())
+        except (ValueError, AttributeError, TypeError):
+            flags = tags["flags"]
+        parts.append(f"flags={flags} ({tags.get('flag_score', '?')})")
+    if tags.get("signature_inputs") and tags.get("signature_outputs"):
+        sig = ModelSignature.from_dict({"inputs": tags["signature_inputs"], "outputs": tags["signature_outputs"]})
+        parts.append(f"signature=({_columns(sig.inputs)}) -> ({_columns(sig.outputs)})")
+    parts.append(f"aliases={','.join(aliases) or '-'}")
+    return " ".join(parts)
+
+
+def _columns(schema) -> str:
+    """``name:type, …`` of an MLflow schema (arrays as ``array<item>``)."""
+    def type_name(spec) -> str:
+        data = spec.to_dict()
+        return f"array<{data['items']['type']}>" if data.get("type") == "array" else str(data.get("type"))
+
+    return ", ".join(f"{col.name}:{type_name(col)}" for col in schema.inputs)
+
+
 def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | None = None, name: str | None = None,
-                 alias: str | None = None, taxonomy: Path | None = None) -> list[str]:
+                 alias: str | None = None, taxonomy: Path | None = None, flags: Path | None = None) -> list[str]:
+    """Run one registry action (register, promote, alias, list); returns the lines to print."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from catalogfs.tracking import configure_mlflow
     from udfs.model_registry import register_bundle
@@ -56,14 +103,21 @@ def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | No
         if source is None or not name:
             raise InputError("register needs --from DIR and --name NAME")
         with tempfile.TemporaryDirectory(prefix="catalogfs-register-") as tmp:
-            version = register_bundle(client, name, _bundle_from(source, taxonomy, Path(tmp)), alias=alias,
+            version = register_bundle(client, name, _bundle_from(source, taxonomy, Path(tmp), flags), alias=alias,
                                       experiment_id=experiment_id)
         return [f"registered {name} version {version}" + (f" with alias {alias}" if alias else "")]
-    if action == "alias":
+    if action in ("promote", "alias"):
+        if action == "promote" and len(args) == 2:
+            args = [*args, alias or "champion"]
         if len(args) != 3:
-            raise InputError("alias needs NAME VERSION ALIAS")
-        client.set_registered_model_alias(args[0], args[2], args[1])
-        return [f"{args[0]}@{args[2]} → version {args[1]}"]
+            raise InputError("promote needs NAME VERSION [--alias ALIAS] (alias: NAME VERSION ALIAS)")
+        model_name, version, target = args
+        try:
+            client.get_model_version(model_name, version)
+        except MlflowException as exc:
+            raise InputError(f"models:/{model_name}/{version} is not in the registry") from exc
+        client.set_registered_model_alias(model_name, target, version)
+        return [f"{model_name}@{target} → version {version}"]
     lines = []
     for model in client.search_registered_models():
         if args and model.name not in args:
@@ -72,9 +126,8 @@ def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | No
         for a, v in (model.aliases or {}).items():
             aliases.setdefault(str(v), []).append(a)
         for mv in client.search_model_versions(f"name='{model.name}'"):
-            tags = mv.tags or {}
-            lines.append(f"{model.name} v{mv.version} family={tags.get('family', '?')} "
-                         f"dim={tags.get('embedding_dim', '?')} aliases={','.join(aliases.get(str(mv.version), [])) or '-'}")
+            lines.append(describe_version(model.name, str(mv.version), dict(mv.tags or {}),
+                                          aliases.get(str(mv.version), [])))
     return sorted(lines)
 
 
@@ -86,12 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="catalogfs models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("action", choices=["register", "alias", "list"])
+    parser.add_argument("action", choices=["register", "promote", "alias", "list"])
     parser.add_argument("args", nargs="*")
     parser.add_argument("--from", dest="source", type=Path)
     parser.add_argument("--name")
-    parser.add_argument("--alias")
-    parser.add_argument("--taxonomy", type=Path, help="YAML: version + labels {label: [prompts]} (CLIP-like zero-shot)")
+    parser.add_argument("--alias", help="register: alias to give the new version; promote: alias to move "
+                                        "(default champion)")
+    parser.add_argument("--taxonomy", type=Path,
+                        help="YAML: version + labels {label: [prompts]} [+ flags {label: threshold}] (CLIP-like zero-shot)")
+    parser.add_argument("--flags", type=Path, help="YAML: {label: threshold} moderation-style flags on the model's labels")
     ns = parser.parse_args(argv)
     setup_logging(ns.log_level, ns.quiet)
     try:
@@ -99,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.check:
             return EXIT_OK
         for line in run_registry(cfg, action=ns.action, args=ns.args, source=ns.source, name=ns.name,
-                                 alias=ns.alias, taxonomy=ns.taxonomy):
+                                 alias=ns.alias, taxonomy=ns.taxonomy, flags=ns.flags):
             print(line)
         return EXIT_OK
     except ConfigError as exc:

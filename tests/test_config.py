@@ -86,3 +86,22 @@ def test_unset_environment_variable_without_default(tmp_path, monkeypatch):
 def test_every_shipped_config_loads():
     for path in sorted(Path(DEFAULT_CONF_DIR).glob("*.yaml")):
         load_config([path])
+
+
+@pytest.mark.parametrize("payload", ["x; DROP TABLE y", "a`b", "x -- c", "x /* c */", "db.t", "1abc", "x'y"])
+def test_hostile_catalog_and_database_names_are_refused(payload):
+    for key in ("storage.database", "storage.catalog"):
+        with pytest.raises(ConfigError, match=f"bad value for '{key}'.*plain SQL identifier"):
+            load_config([LOCAL], [f"{key}={payload}"])
+
+
+def test_names_are_checked_again_where_sql_is_built():
+    """A copy made without validation (``model_copy``) still cannot put a hostile name into SQL."""
+    storage = load_config([LOCAL]).storage
+    assert storage.qualified("frames") == "catalog_features.frames"
+    with pytest.raises(ConfigError, match="storage.database"):
+        storage.model_copy(update={"database": "x; DROP TABLE y"}).qualified("frames")
+    with pytest.raises(ConfigError, match="storage.catalog"):
+        storage.model_copy(update={"catalog": "c`--"}).schema_name
+    with pytest.raises(ConfigError, match="table name"):
+        storage.qualified("frames; DROP TABLE y")

@@ -170,3 +170,110 @@ def test_packaged_weights_load_without_unpickling_objects(monkeypatch):
     monkeypatch.setattr(torch, "load", spy)
     load_packaged_state_dict()
     assert calls == [True]
+
+
+def test_batches_are_also_cut_by_bytes(engine, monkeypatch):
+    """With room for two 224 px frames in max_batch_bytes, five frames go as 2 + 2 + 1; a limit
+    under one frame still forwards each frame alone. Results do not depend on the cut."""
+    frame_bytes = 3 * 224 * 224 * 4
+    images = [photo_bytes(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "camera.png")]
+    reference = engine.embed(images)
+    for limit, expected in ((2 * frame_bytes + 100, [2, 2, 1]), (frame_bytes // 2, [1] * 5), (0, [4, 1])):
+        by_bytes = EmbeddingEngine(engine.model, EngineOptions(batch_size=4, max_batch_bytes=limit))
+        sizes = []
+        real = by_bytes._forward
+        monkeypatch.setattr(by_bytes, "_forward", lambda batch: sizes.append(len(batch)) or real(batch))
+        result = by_bytes.embed(images)
+        assert sizes == expected and result.forward_passes == len(expected)
+        for a, b in zip(reference.embeddings, result.embeddings):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_gpu_decode_and_pinned_memory_are_not_used_on_cpu(engine, monkeypatch):
+    from udfs import engine as engine_module
+    from udfs.engine import use_gpu_decode
+    from udfs.preprocess import PreprocessSpec
+
+    assert engine.device.type == "cpu" and not engine.gpu_decode and engine._prefetch is None
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert not use_gpu_decode(EngineOptions(gpu_decode="auto"), cpu, PreprocessSpec())
+    assert use_gpu_decode(EngineOptions(gpu_decode="auto"), cuda, PreprocessSpec())
+    assert not use_gpu_decode(EngineOptions(gpu_decode="off"), cuda, PreprocessSpec())
+    assert not use_gpu_decode(EngineOptions(gpu_decode="auto"), cuda, PreprocessSpec(interpolation="lanczos"))
+    with pytest.raises(ValueError, match="gpu_decode"):
+        use_gpu_decode(EngineOptions(gpu_decode="yes"), cpu, PreprocessSpec())
+
+    def no_tensor_decode(*args, **kwargs):
+        raise AssertionError("torchvision decode used on CPU")
+
+    monkeypatch.setattr(engine_module, "decode_jpeg_tensor", no_tensor_decode)
+    arrays = [np.zeros((3, 224, 224), np.float32)] * 2
+    assert isinstance(engine._stack(arrays), np.ndarray)  # host batch stays a plain array: no pinning
+    assert engine.embed([photo_bytes("coffee.png")]).label_names[0][0] == "espresso"
+
+
+TENSOR_SPECS = [
+    pytest.param(dict(), id="efficientnet-bicubic-256-224"),
+    pytest.param(dict(resize_shorter=224, crop=224, mean=(0.481, 0.458, 0.408), std=(0.269, 0.261, 0.276),
+                      long_side="floor"), id="clip-bicubic-224"),
+    pytest.param(dict(resize_shorter=224, crop=224, interpolation="bilinear", resize_mode="exact"), id="vit-exact"),
+]
+
+
+@pytest.mark.parametrize("settings", TENSOR_SPECS)
+def test_tensor_preprocessing_matches_the_pil_path(settings):
+    """torchvision decode + tensor preprocessing (here on the CPU) ≈ PIL decode + to_array."""
+    from udfs.gpu_decode import decode_jpeg_tensor
+    from udfs.images import decode_image
+    from udfs.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(**settings)
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "astronaut.png"):
+        data = photo_bytes(name)
+        ours = decode_jpeg_tensor(data, spec, device="cpu", max_pixels=10**8).numpy()
+        pil = spec.to_array(decode_image(data, max_pixels=10**8, draft_size=spec.draft_size).image)
+        assert ours.shape == pil.shape == (3, spec.crop, spec.crop) and ours.dtype == np.float32
+        # Equal up to resampling (and PIL's draft-mode JPEG decode of large frames).
+        assert float(np.abs(ours - pil).mean()) < 0.03, name
+        assert float(np.corrcoef(ours.ravel(), pil.ravel())[0, 1]) > 0.995, name
+
+
+def test_frames_the_tensor_path_does_not_handle_are_refused_before_decoding():
+    import io
+
+    from PIL import Image
+
+    from udfs.gpu_decode import NotForTensorPath, decode_jpeg_tensor
+    from udfs.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°: PIL applies it, the tensor path would not
+    rotated = photo_bytes("coffee.png", exif=exif.tobytes())
+    buf = io.BytesIO()
+    Image.new("CMYK", (64, 48), (0, 50, 100, 0)).save(buf, format="JPEG")
+    for data in (photo_bytes("coffee.png", fmt="PNG"), rotated, buf.getvalue()):
+        with pytest.raises(NotForTensorPath):
+            decode_jpeg_tensor(data, spec, device="cpu", max_pixels=10**8)
+    with pytest.raises(NotForTensorPath, match="size"):
+        decode_jpeg_tensor(photo_bytes("coffee.png"), spec, device="cpu", max_pixels=1000)
+
+
+def test_forced_tensor_decode_keeps_results_and_statuses(default_bundle, engine):
+    """The GPU-decode code path, forced on the CPU: vectors match the PIL path's, and frames it
+    cannot take (PNG, garbage, too large) fall back to PIL with PIL's statuses."""
+    limit = 265_000  # rocket.jpg (427x640) is over it
+    tensor_engine = EmbeddingEngine(engine.model, EngineOptions(batch_size=4, max_image_pixels=limit))
+    tensor_engine.gpu_decode = True
+    images = [photo_bytes("coffee.png"), photo_bytes("chelsea.png", fmt="PNG"), b"\xff\xd8\xff garbage",
+              photo_bytes("rocket.jpg"), None, photo_bytes("astronaut.png")]
+    forced = tensor_engine.embed(images)
+    plain = EmbeddingEngine(engine.model, EngineOptions(batch_size=4, max_image_pixels=limit)).embed(images)
+    assert forced.statuses == plain.statuses == ["ok", "ok", STATUS_UNDECODABLE, "image_too_large", STATUS_EMPTY, "ok"]
+    for a, b in zip(forced.embeddings, plain.embeddings):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert float(a @ b) > 0.99
+    assert forced.label_names[0][0] == "espresso"
+    assert not np.array_equal(forced.embeddings[0], plain.embeddings[0])  # the JPEG took the tensor path
+    np.testing.assert_array_equal(forced.embeddings[1], plain.embeddings[1])  # the PNG took PIL's

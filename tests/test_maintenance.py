@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from features.maintenance import retention_hours, vacuum_keep_versions
+from features.maintenance import retention_hours, sweep_staging, vacuum_keep_versions
 
 
 def test_retention_window_rounds_up_to_whole_hours():
@@ -35,3 +35,19 @@ def test_vacuum_keeps_the_newest_versions_readable(spark):
 def test_keep_must_be_positive(spark):
     with pytest.raises(ValueError):
         vacuum_keep_versions(spark, "maint.scores", keep=0)
+
+
+def test_staging_of_dead_runs_is_swept(tmp_path):
+    import os
+    import time
+
+    dead, live = tmp_path / "run-dead" / "frame_embeddings", tmp_path / "run-live" / "frame_embeddings"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "part-0.parquet").write_bytes(b"x")
+    old = time.time() - 30 * 3600
+    for path in (dead / "part-0.parquet", dead, dead.parent):
+        os.utime(path, (old, old))
+    assert sweep_staging(tmp_path, older_than_hours=24) == ["run-dead"]
+    assert not dead.parent.exists() and (live / "part-0.parquet").exists()
+    assert sweep_staging(tmp_path / "absent", older_than_hours=24) == []

@@ -32,10 +32,10 @@ def test_frames_table(spark, e2e):
     assert [(r.video_id, r.frame_ts_ms, r.status) for r in rows] == [
         ("cat_chelsea", 0, "ok"), ("cat_chelsea", 1000, "ok"),
         ("coffee_cup", 0, "ok"), ("coffee_cup", 1000, "ok"),
-        ("corrupt_upload", -1, "video_unreadable"),
+        ("corrupt_upload", -1, "video_truncated"),
     ]
     assert rows[-1].image is None and rows[-1].error
-    assert extracted.publish.status_counts == {"ok": 4, "video_unreadable": 1}
+    assert extracted.publish.status_counts == {"ok": 4, "video_truncated": 1}
 
 
 def test_frame_embeddings_one_row_per_frame_unit_norm(spark, e2e):
@@ -53,7 +53,7 @@ def test_frame_embeddings_one_row_per_frame_unit_norm(spark, e2e):
         assert (r.model_name, r.model_version) == ("efficientnet_lite0_imagenet", "1")
         assert r.run_id == embedded.run_id
     bad = [r for r in fe if r.status != "ok"]
-    assert [(r.video_id, r.status, r.embedding) for r in bad] == [("corrupt_upload", "video_unreadable", None)]
+    assert [(r.video_id, r.status, r.embedding) for r in bad] == [("corrupt_upload", "video_truncated", None)]
     assert embedded.frames_embedded == 5 and embedded.forward_passes >= 1
 
 
@@ -213,7 +213,7 @@ def test_run_report_html_with_plots(e2e):
     _, _, _, embedded = e2e
     report = Path(embedded.report_html)
     page = report.read_text()
-    assert embedded.space.id in page and "ok" in page and "video_unreadable" in page
+    assert embedded.space.id in page and "ok" in page and "video_truncated" in page
     assert 'href="validation/gx/uncommitted/data_docs/local_site/index.html"' in page
     for name in ("projection.png", "contact_sheet.png"):
         assert f'src="{name}"' in page

@@ -54,7 +54,10 @@ def test_backfill_writes_a_second_space_in_shadow(spark, two_spaces):
     # The first published space became current; the backfill did not change that.
     assert promotion.current_space(spark, cfg.storage) == first.space.id
     for view in promotion.CURRENT_VIEWS:
-        assert _current(spark, cfg, view) == {first.space.id}
+        if view == "current_video_flags":  # the default model has no flags: the view exists, empty
+            assert _current(spark, cfg, view) == set()
+        else:
+            assert _current(spark, cfg, view) == {first.space.id}
 
 
 def test_compare_spaces(spark, two_spaces):

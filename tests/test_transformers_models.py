@@ -42,17 +42,41 @@ def _tiny_clip(path):
     return path
 
 
-def _tiny_vit(path):
+def _tiny_vit(path, *, labels=None, multi_label=False, head_bias=None):
+    """A tiny random ViT classifier; with ``head_bias`` its head ignores the image (zero weights) and
+    every frame's logits are exactly ``head_bias`` — a known answer for scores and flags."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    labels = {0: "indoor", 1: "outdoor", 2: "animal"}
+    labels = labels or {0: "indoor", 1: "outdoor", 2: "animal"}
     config = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=8, num_labels=3, id2label=labels,
-                       label2id={v: k for k, v in labels.items()})
+                       image_size=32, patch_size=8, num_labels=len(labels), id2label=labels,
+                       label2id={v: k for k, v in labels.items()},
+                       problem_type="multi_label_classification" if multi_label else None)
     torch.manual_seed(1)
-    ViTForImageClassification(config).eval().save_pretrained(path)
+    model = ViTForImageClassification(config).eval()
+    if head_bias is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.tensor(head_bias))
+    model.save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+MODERATION_LABELS = {0: "violence", 1: "nudity", 2: "weapon"}
+MODERATION_BIAS = [2.0, -2.0, 0.0]  # sigmoid: .881 .119 .5 — softmax: .867 .016 .117
+MODERATION_FLAGS = {"violence": 0.8, "nudity": 0.1, "weapon": 0.6}
+
+
+def _sigmoid(v):
+    return float(1 / (1 + np.exp(-np.float32(v))))
+
+
+@pytest.fixture(scope="module")
+def moderation_vit(tmp_path_factory):
+    """A multi-label classifier whose every frame scores violence σ(2), nudity σ(-2), weapon σ(0)."""
+    return _tiny_vit(tmp_path_factory.mktemp("moderation_hf"), labels=MODERATION_LABELS, multi_label=True,
+                     head_bias=MODERATION_BIAS)
 
 
 TAXONOMY = {"cat": ["a photo of a cat"], "coffee": ["a cup of coffee"], "rocket": ["a rocket launch"]}
@@ -177,3 +201,160 @@ def test_registered_transformers_models_write_spaces_beside_the_default(spark, c
     assert clip_labels <= set(TAXONOMY) and clip_labels
     assert {r.taxonomy_version for r in labels if r.embedding_space == spaces["tiny_clip"].id} == {"test-v1"}
     assert {r.label for r in labels if r.embedding_space == spaces["tiny_vit"].id} <= {"indoor", "outdoor", "animal"}
+    # Models without flags: null flags on every frame and no video_flags rows.
+    assert all(r.flags is None and r.flag_scores is None for r in fe)
+    assert spark.table(cfg.storage.qualified("video_flags")).count() == 0
+
+
+def test_multi_label_classifier_flags_use_sigmoids(moderation_vit, tmp_path):
+    """Known answer: sigmoid scores pass violence (.881 ≥ .8) and nudity (.119 ≥ .1), not weapon (.5 < .6);
+    the same head trained single-label scores by softmax, where only violence (.867) passes."""
+    bundle = write_transformers_bundle(moderation_vit, tmp_path / "multi", flags=MODERATION_FLAGS)
+    spec = json.loads((bundle / "model_spec.json").read_text())
+    assert spec["options"]["flags"] == MODERATION_FLAGS and spec["options"]["flag_score"] == "sigmoid"
+    images = [photo_bytes(n) for n in PHOTOS] + [b"garbage"]
+    result = EmbeddingEngine.from_directory(bundle, EngineOptions(batch_size=2)).embed(images)
+    assert result.flags == [["violence", "nudity"]] * 3 + [None]
+    for scores in result.flag_scores[:3]:
+        assert scores == pytest.approx([_sigmoid(2.0), _sigmoid(-2.0)], abs=1e-6)
+
+    single = _tiny_vit(tmp_path / "single_hf", labels=MODERATION_LABELS, head_bias=MODERATION_BIAS)
+    bundle = write_transformers_bundle(single, tmp_path / "single", flags=MODERATION_FLAGS)
+    result = EmbeddingEngine.from_directory(bundle, EngineOptions()).embed([photo_bytes("coffee.png")])
+    softmax = np.exp(MODERATION_BIAS) / np.exp(MODERATION_BIAS).sum()
+    assert result.flags == [["violence"]] and result.flag_scores[0] == pytest.approx([softmax[0]], abs=1e-6)
+
+    with pytest.raises(ValueError, match="gore"):
+        write_transformers_bundle(moderation_vit, tmp_path / "bad", flags={"gore": 0.5})
+
+
+def test_clip_taxonomy_flags_are_the_zero_shot_scores_over_their_thresholds(clip_bundle, tmp_path):
+    hf, _ = clip_bundle
+    thresholds = {"cat": 0.0, "rocket": 0.34, "coffee": 1.0}
+    bundle = write_transformers_bundle(hf, tmp_path / "b", taxonomy=TAXONOMY, taxonomy_version="test-v1",
+                                       flags=thresholds)
+    result = EmbeddingEngine.from_directory(bundle, EngineOptions(top_k=3)).embed([photo_bytes(n) for n in PHOTOS])
+    for row in range(len(PHOTOS)):
+        scores = dict(zip(result.label_names[row], result.label_scores[row]))
+        expected = sorted((label for label in thresholds if scores[label] >= thresholds[label]),
+                          key=lambda label: -scores[label])
+        assert result.flags[row] == expected and "cat" in expected
+        assert result.flag_scores[row] == pytest.approx([scores[label] for label in expected], abs=1e-6)
+
+
+def test_registration_records_signature_and_metadata(cfg, moderation_vit, tmp_path, capsys):
+    """register (with --flags) → tags and params; list shows them; promote moves an alias."""
+    from mlflow import MlflowClient
+    from mlflow.models.signature import ModelSignature
+
+    from jobs import models
+
+    overrides = ["--set", f"storage.data_root={tmp_path / 'data'}"]
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("".join(f"{k}: {v}\n" for k, v in MODERATION_FLAGS.items()))
+    for _ in range(2):
+        assert models.main([*overrides, "register", "--from", str(moderation_vit), "--name", "moderation",
+                            "--flags", str(flags)]) == 0
+    capsys.readouterr()
+    client = MlflowClient()
+    tags = client.get_model_version("moderation", "1").tags
+    assert {k: tags[k] for k in ("family", "kind", "embedding_dim", "label_set", "flag_score")} == {
+        "family": "transformers", "kind": "classifier", "embedding_dim": "32", "label_set": "vit-id2label",
+        "flag_score": "sigmoid"}
+    assert json.loads(tags["flags"]) == MODERATION_FLAGS and len(tags["preprocess_hash"]) == 8
+    signature = ModelSignature.from_dict({"inputs": tags["signature_inputs"], "outputs": tags["signature_outputs"]})
+    assert [(c.name, c.type.name) for c in signature.inputs.inputs] == [("image", "binary")]
+    assert signature.outputs.input_names() == ["embedding", "status", "error", "labels", "label_scores",
+                                               "flags", "flag_scores"]
+    params = client.get_run(client.get_model_version("moderation", "1").run_id).data.params
+    assert params["preprocess_hash"] == tags["preprocess_hash"] and json.loads(params["flags"]) == MODERATION_FLAGS
+
+    assert models.main([*overrides, "promote", "moderation", "2"]) == 0
+    assert models.main([*overrides, "promote", "moderation", "1", "--alias", "challenger"]) == 0
+    assert models.main([*overrides, "alias", "moderation", "1", "shadow"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["moderation@champion → version 2",
+                                                    "moderation@challenger → version 1",
+                                                    "moderation@shadow → version 1"]
+    assert models.main([*overrides, "promote", "moderation", "9"]) == 4
+    assert "not in the registry" in capsys.readouterr().err
+    assert models.main([*overrides, "list", "moderation"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("moderation v1 family=transformers kind=classifier dim=32")
+    assert f"preprocess={tags['preprocess_hash']}" in lines[0] and "labels=vit-id2label" in lines[0]
+    assert "flags=nudity>=0.1,violence>=0.8,weapon>=0.6 (sigmoid)" in lines[0]  # spec order: sorted
+    assert "signature=(image:binary) -> (embedding:array<float>, status:string" in lines[0]
+    assert lines[0].endswith("aliases=challenger,shadow") and lines[1].endswith("aliases=champion")
+
+
+def test_flags_reach_delta_on_an_existing_data_root(spark, cfg, tmp_path_factory, moderation_vit):
+    """A data root made by an older version (frame_embeddings without flag columns, no video_flags):
+    the embed job adds the columns, writes the known flags per frame and per video, and repairs
+    video_flags rows lost by an interrupted publish."""
+    from dataclasses import replace
+
+    from pyspark.sql.types import StructType
+
+    from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from features import delta_writer, promotion
+    from features.tables import FRAME_EMBEDDINGS
+    from jobs import embed_frames, extract_frames, models
+    from tests.conftest import with_database
+
+    cfg = with_database(cfg, "flags_features")
+    old_schema = StructType([f for f in FRAME_EMBEDDINGS.schema.fields if not f.name.startswith("flag")])
+    delta_writer.ensure_catalog(spark, cfg.storage, [replace(FRAME_EMBEDDINGS, schema=old_schema)])
+    assert "flags" not in spark.table(cfg.storage.qualified("frame_embeddings")).columns
+
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}"]
+    flags = tmp_path_factory.mktemp("flags") / "flags.yaml"
+    flags.write_text("".join(f"{k}: {v}\n" for k, v in MODERATION_FLAGS.items()))
+    assert models.main([*overrides, "register", "--from", str(moderation_vit), "--name", "tiny_moderation",
+                        "--alias", "champion", "--flags", str(flags)]) == 0
+    videos = tmp_path_factory.mktemp("flag_videos")
+    make_sample_videos(videos, seconds=2.0, fps=6, width=224, height=128,
+                       photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id in ("cat_chelsea", "coffee_cup")))
+    extract_frames.run(spark, cfg, input=str(videos))
+    frames_table = cfg.storage.qualified("frames")
+    stamps = {v: sorted(r.frame_ts_ms for r in spark.table(frames_table).where(f"video_id = '{v}'").collect())
+              for v in ("cat_chelsea", "coffee_cup")}
+    assert all(len(ts) == 2 for ts in stamps.values())
+    # coffee_cup's first frame becomes undecodable: it can carry no flag.
+    spark.sql(f"UPDATE {frames_table} SET image = X'FFD8FF00' "
+              f"WHERE video_id = 'coffee_cup' AND frame_ts_ms = {stamps['coffee_cup'][0]}")
+
+    first = embed_frames.run(spark, cfg, model="tiny_moderation@champion")
+    assert first.published and {"flags", "flag_scores"} <= set(spark.table(cfg.storage.qualified("frame_embeddings")).columns)
+    frames = {(r.video_id, r.frame_ts_ms): r for r in spark.table(cfg.storage.qualified("frame_embeddings")).collect()}
+    assert len(frames) == 4
+    for key, row in frames.items():
+        if key == ("coffee_cup", stamps["coffee_cup"][0]):
+            assert (row.status, row.flags, row.flag_scores) == ("undecodable_image", None, None)
+        else:
+            assert row.status == "ok" and row.flags == ["violence", "nudity"]
+            assert row.flag_scores == pytest.approx([_sigmoid(2.0), _sigmoid(-2.0)], abs=1e-6)
+
+    def video_flags(table="video_flags"):
+        return {(r.video_id, r.flag): (round(r.max_score, 5), r.n_frames_flagged, r.first_flag_ts_ms,
+                                       round(r.threshold, 5), r.taxonomy_version, r.model_version)
+                for r in spark.table(cfg.storage.qualified(table)).collect()}
+
+    violence, nudity = round(_sigmoid(2.0), 5), round(_sigmoid(-2.0), 5)
+    expected = {
+        ("cat_chelsea", "violence"): (violence, 2, stamps["cat_chelsea"][0], 0.8, "vit-id2label", "1"),
+        ("cat_chelsea", "nudity"): (nudity, 2, stamps["cat_chelsea"][0], 0.1, "vit-id2label", "1"),
+        ("coffee_cup", "violence"): (violence, 1, stamps["coffee_cup"][1], 0.8, "vit-id2label", "1"),
+        ("coffee_cup", "nudity"): (nudity, 1, stamps["coffee_cup"][1], 0.1, "vit-id2label", "1"),
+    }
+    assert video_flags() == expected
+    assert video_flags("current_video_flags") == expected  # the first space became current
+
+    # A publish that stopped before video_flags: the next run recomputes that video's rows.
+    spark.sql(f"DELETE FROM {cfg.storage.qualified('video_flags')} WHERE video_id = 'cat_chelsea'")
+    repair = embed_frames.run(spark, cfg, model="tiny_moderation@champion")
+    assert repair.frames_embedded == 0 and repair.videos_updated == ["cat_chelsea"] and repair.published
+    assert video_flags() == expected
+
+    # Views of a data root older than the video_flags table are re-created for the current space.
+    spark.sql(f"DROP VIEW {cfg.storage.qualified('current_video_flags')}")
+    assert promotion.refresh_current_views(spark, cfg.storage) == ["current_video_flags"]
+    assert video_flags("current_video_flags") == expected

@@ -1,4 +1,5 @@
-"""Frame extraction without Spark: real H.264 made from a real photo, and broken files."""
+"""Frame extraction without Spark: real H.264 made from a real photo, and every kind of bad video
+(tests/bad_videos.py): each gives a precise status row, never an exception."""
 
 import hashlib
 import io
@@ -8,12 +9,15 @@ from PIL import Image
 
 from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
 from features.video_frames import (
-    STATUS_NO_FRAMES,
+    STATUS_OK,
+    STATUS_VIDEO_TRUNCATED,
     STATUS_VIDEO_UNREADABLE,
     ExtractOptions,
     extract_video_frames,
     list_videos,
+    mp4_truncation,
 )
+from tests.bad_videos import FULL_FRAMES_AT_1FPS, write_bad_videos
 
 CAT = next(p for p in SAMPLE_PHOTOS if p.video_id == "cat_chelsea")
 
@@ -51,13 +55,56 @@ def test_corrupt_and_missing_videos_become_status_rows(cat_video, tmp_path):
     corrupt = write_corrupt_sample(tmp_path, source=cat_video)
     rows = list(extract_video_frames("bad", str(corrupt), ExtractOptions()))
     assert len(rows) == 1
-    assert rows[0]["status"] in (STATUS_VIDEO_UNREADABLE, STATUS_NO_FRAMES)
+    assert rows[0]["status"] == STATUS_VIDEO_TRUNCATED and "'mdat' box" in rows[0]["error"]
     assert rows[0]["frame_ts_ms"] == -1 and rows[0]["image"] is None and rows[0]["error"]
-    empty = tmp_path / "empty.mp4"
-    empty.write_bytes(b"")
     missing = list(extract_video_frames("nope", str(tmp_path / "missing.mp4"), ExtractOptions()))
     assert [r["status"] for r in missing] == [STATUS_VIDEO_UNREADABLE]
-    assert list(extract_video_frames("e", str(empty), ExtractOptions()))[0]["status"] == STATUS_VIDEO_UNREADABLE
+    assert "No such file" in missing[0]["error"]
+
+
+@pytest.fixture(scope="module")
+def bad_videos(tmp_path_factory):
+    return write_bad_videos(tmp_path_factory.mktemp("bad_videos"))
+
+
+@pytest.mark.parametrize("name", [
+    "good", "truncated_upload", "truncated_stream", "truncated_mkv", "mkv_named_mp4", "avi_named_mp4",
+    "jpeg_named_mp4", "text_named_mp4", "empty", "audio_only", "unsupported_codec", "undecodable",
+])
+def test_each_bad_video_gets_a_precise_status(bad_videos, name):
+    """Each kind of bad upload: ok frames decoded before the problem, then exactly one status row
+    (frame_ts_ms = -1, no image) whose status and error say what is wrong; never an exception."""
+    video = bad_videos[name]
+    rows = list(extract_video_frames(name, str(video.path), ExtractOptions(sample_fps=1.0)))
+    ok = [r for r in rows if r["status"] == STATUS_OK]
+    status_rows = [r for r in rows if r["status"] != STATUS_OK]
+    for r in ok:
+        assert r["frame_ts_ms"] >= 0 and r["image"] and r["error"] is None
+    if video.status == STATUS_OK:
+        assert status_rows == []
+        assert [r["frame_ts_ms"] for r in ok] == FULL_FRAMES_AT_1FPS
+        return
+    assert len(status_rows) == 1, rows
+    row = status_rows[0]
+    assert (row["status"], row["frame_ts_ms"], row["frame_index"], row["image"]) == (video.status, -1, -1, None)
+    assert video.error_contains in row["error"], row["error"]
+    if video.some_frames:  # what decoded before the cut is kept, and is less than the whole video
+        assert 1 <= len(ok) < len(FULL_FRAMES_AT_1FPS)
+        assert [r["frame_ts_ms"] for r in ok] == FULL_FRAMES_AT_1FPS[:len(ok)]
+    else:
+        assert ok == []
+    assert rows[-1] is row  # the status row comes last
+
+
+def test_mp4_truncation_reads_the_box_structure(bad_videos, cat_video, tmp_path):
+    assert mp4_truncation(str(cat_video)) is None
+    assert mp4_truncation(str(bad_videos["good"].path)) is None
+    assert "'mdat' box at byte" in mp4_truncation(str(bad_videos["truncated_upload"].path))
+    assert mp4_truncation(str(bad_videos["mkv_named_mp4"].path)) is None  # not ISO-BMFF: no verdict
+    no_index = tmp_path / "no_index.mp4"
+    data = bad_videos["good"].path.read_bytes()
+    no_index.write_bytes(data[: data.index(b"moov") - 4])  # cut exactly where the index would start
+    assert "no 'moov' box" in mp4_truncation(str(no_index))
 
 
 def test_list_videos_ids_and_duplicates(tmp_path):

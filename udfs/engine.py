@@ -1,4 +1,9 @@
-"""The inference engine: encoded image bytes → L2-normalised float32 embeddings and top-k labels.
+"""The inference engine: encoded image bytes → L2-normalised float32 embeddings, top-k labels and
+moderation flags (labels over their own thresholds, see :mod:`udfs.flags`).
+
+Batches are cut by frame count and by bytes. On CUDA: pinned host batches copied asynchronously,
+the next frames decoded in a background thread during the forward pass, and JPEG decode on the GPU
+(:mod:`udfs.gpu_decode`) with a per-frame fallback to PIL. None of that runs on CPU.
 
 Free of Spark and MLflow, so it can be unit-tested and benchmarked alone. One engine holds one
 loaded model; :func:`cached_engine` keeps one per (bundle, options) per process, which is how the
@@ -11,15 +16,19 @@ import ctypes
 import logging
 import sys
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from udfs.flags import FLAG_SCORE_SIGMOID
+from udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
 from udfs.images import STATUS_OK, decode_image
-from udfs.model_bundle import LoadedModel, load_bundle
+from udfs.model_bundle import BundleError, LoadedModel, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +37,17 @@ STATUS_INFERENCE_ERROR = "inference_error"
 
 @dataclass(frozen=True)
 class EngineOptions:
+    """How the engine runs (not what it computes): see ``inference.*`` in the README."""
+
     batch_size: int = 32
     device: str = "auto"
     num_threads: int = 1
     top_k: int = 5
     max_image_pixels: int = 40_000_000
+    # A batch is also flushed before its preprocessed tensor would exceed this many bytes (0: no limit).
+    max_batch_bytes: int = 256 * 1024 * 1024
+    # "auto": decode JPEG frames with torchvision on the GPU when running on CUDA; "off": always PIL.
+    gpu_decode: str = "auto"
 
 
 @dataclass
@@ -44,7 +59,36 @@ class EmbeddingResult:
     errors: list[str | None] = field(default_factory=list)
     label_names: list[list[str]] = field(default_factory=list)
     label_scores: list[list[float]] = field(default_factory=list)
+    # Flagged labels (score >= the label's threshold, best first) and their scores; None for a frame
+    # that failed or when the model has no flags spec, [] when no label reached its threshold.
+    flags: list[list[str] | None] = field(default_factory=list)
+    flag_scores: list[list[float] | None] = field(default_factory=list)
     forward_passes: int = 0
+
+
+class BatchOutput(NamedTuple):
+    """What one forward pass gives, on the host: unit-norm embeddings, top-k label indices and
+    scores, and the flag labels' scores (None when the model has no flags)."""
+
+    embeddings: np.ndarray
+    top_indices: np.ndarray
+    top_scores: np.ndarray
+    flag_scores: np.ndarray | None
+
+
+@dataclass
+class _Prepared:
+    """One frame after decode and preprocessing: pixels (host array or device tensor) or a status."""
+
+    pixels: np.ndarray | torch.Tensor | None
+    status: str = STATUS_OK
+    error: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if isinstance(self.pixels, torch.Tensor):
+            return self.pixels.element_size() * self.pixels.nelement()
+        return 0 if self.pixels is None else int(self.pixels.nbytes)
 
 
 _MALLOC_TUNED = False
@@ -69,11 +113,21 @@ def tune_malloc() -> None:
 
 
 def pick_device(requested: str) -> torch.device:
+    """``auto`` → CUDA when torch sees a device, else CPU; ``cuda`` without a device is an error."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("inference.device is 'cuda' but torch sees no CUDA device")
     return torch.device(requested)
+
+
+def use_gpu_decode(options: EngineOptions, device: torch.device, preprocess) -> bool:
+    """Whether JPEG frames are decoded by torchvision on the GPU: only on CUDA, with
+    ``gpu_decode: auto``, when torchvision imports and the preprocessing has a tensor twin."""
+    if options.gpu_decode not in ("auto", "off"):
+        raise ValueError(f"gpu_decode must be 'auto' or 'off', got {options.gpu_decode!r}")
+    return (options.gpu_decode == "auto" and device.type == "cuda"
+            and tensor_preprocess_supported(preprocess) and gpu_decode_available())
 
 
 class EmbeddingEngine:
@@ -89,6 +143,23 @@ class EmbeddingEngine:
         module = model.module.to(self.device).eval()
         self.module = module.to(memory_format=torch.channels_last)
         self.preprocess = model.spec.preprocess
+        self._init_flags(model)
+        self.gpu_decode = use_gpu_decode(options, self.device, self.preprocess)
+        # On CUDA the next frames are decoded in a background thread while the GPU runs the current
+        # batch (PIL releases the GIL while decoding); with GPU decode the GPU does that work itself.
+        self._prefetch = (ThreadPoolExecutor(max_workers=2, thread_name_prefix="catalogfs-decode")
+                          if self.device.type == "cuda" and not self.gpu_decode else None)
+
+    def _init_flags(self, model: LoadedModel) -> None:
+        flags = dict(model.spec.options.get("flags") or {})
+        unknown = sorted(set(flags) - set(model.labels))
+        if unknown:
+            raise BundleError(f"model spec flags {unknown} are not labels of the model")
+        self.flag_labels: list[str] = list(flags)
+        self.flag_thresholds = np.asarray([flags[label] for label in self.flag_labels], dtype=np.float32)
+        self.flag_sigmoid = model.spec.options.get("flag_score") == FLAG_SCORE_SIGMOID
+        self._flag_index = (torch.tensor([model.labels.index(label) for label in self.flag_labels],
+                                         dtype=torch.long, device=self.device) if flags else None)
 
     @classmethod
     def from_directory(cls, directory: str | Path, options: EngineOptions = EngineOptions()) -> "EmbeddingEngine":
@@ -98,8 +169,13 @@ class EmbeddingEngine:
     def embedding_dim(self) -> int:
         return self.model.spec.embedding_dim
 
-    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+    def _forward(self, batch: np.ndarray | torch.Tensor) -> BatchOutput:
+        """One forward pass over a stacked batch (host array, or a tensor already on the device)."""
+        x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+        if x.device.type == "cpu" and self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)  # async host→device copy
+        else:
+            x = x.to(self.device)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.device.type == "cuda":
@@ -108,11 +184,61 @@ class EmbeddingEngine:
             else:
                 pooled, logits = self.module(x)
             pooled = torch.nn.functional.normalize(pooled.float(), dim=1)
-            probs = torch.softmax(logits.float(), dim=1)
+            logits = logits.float()
+            probs = torch.softmax(logits, dim=1)
             k = min(self.options.top_k, probs.shape[1])
             top = torch.topk(probs, k, dim=1)
-        return pooled.cpu().numpy().astype(np.float32), np.stack(
-            [top.indices.cpu().numpy(), top.values.cpu().numpy()], axis=0)
+            flag_scores = None
+            if self._flag_index is not None:
+                flag_scores = (torch.sigmoid(logits[:, self._flag_index]) if self.flag_sigmoid
+                               else probs[:, self._flag_index]).cpu().numpy().astype(np.float32)
+        return BatchOutput(pooled.cpu().numpy().astype(np.float32), top.indices.cpu().numpy(),
+                           top.values.cpu().numpy(), flag_scores)
+
+    def _stack(self, items: list[np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
+        """Frames → one batch. Host arrays stack on the host (on CUDA into pinned memory, so the
+        copy to the device is asynchronous); frames already on the device stack there."""
+        if all(isinstance(item, np.ndarray) for item in items):
+            if self.device.type != "cuda":
+                return np.stack(items)
+            host = torch.empty((len(items), *items[0].shape), dtype=torch.float32, pin_memory=True)
+            for row, item in enumerate(items):
+                host[row].copy_(torch.from_numpy(item))
+            return host.to(self.device, non_blocking=True)
+        return torch.stack([torch.from_numpy(item).to(self.device, non_blocking=True)
+                            if isinstance(item, np.ndarray) else item for item in items])
+
+    def _prepare(self, data: bytes | bytearray | memoryview | None) -> _Prepared:
+        """Decode and preprocess one frame: on the GPU when enabled and possible, else with PIL."""
+        if self.gpu_decode and looks_like_jpeg(data):
+            try:
+                return _Prepared(decode_jpeg_tensor(data, self.preprocess, device=self.device,
+                                                    max_pixels=self.options.max_image_pixels))
+            except Exception as exc:  # noqa: BLE001 — any failure: the PIL path decides the status
+                log.debug("GPU decode not used for a frame (%s: %s); decoding with PIL", type(exc).__name__, exc)
+        outcome = decode_image(data, max_pixels=self.options.max_image_pixels,
+                               draft_size=self.preprocess.draft_size)
+        if outcome.image is None:
+            return _Prepared(None, outcome.status, outcome.error)
+        try:
+            return _Prepared(self.preprocess.to_array(outcome.image))
+        except (OSError, ValueError) as exc:
+            return _Prepared(None, "preprocess_error", f"{type(exc).__name__}: {exc}")
+
+    def _prepared(self, images: Sequence[bytes | bytearray | memoryview | None]) -> Iterator[_Prepared]:
+        """``_prepare`` over ``images`` in order; with a prefetch pool, up to two batches ahead."""
+        if self._prefetch is None:
+            for data in images:
+                yield self._prepare(data)
+            return
+        window: deque = deque()
+        ahead = 2 * self.options.batch_size
+        for data in images:
+            window.append(self._prefetch.submit(self._prepare, data))
+            if len(window) >= ahead:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
     def embed(self, images: Sequence[bytes | bytearray | memoryview | None]) -> EmbeddingResult:
         """Decode, preprocess and embed ``images``; undecodable ones get a status row instead."""
@@ -120,14 +246,16 @@ class EmbeddingEngine:
         result = EmbeddingResult(
             embeddings=[None] * n, statuses=[STATUS_OK] * n, errors=[None] * n,
             label_names=[[] for _ in range(n)], label_scores=[[] for _ in range(n)],
+            flags=[None] * n, flag_scores=[None] * n,
         )
         pending_idx: list[int] = []
-        pending_arr: list[np.ndarray] = []
+        pending_arr: list[np.ndarray | torch.Tensor] = []
+        pending_bytes = 0
 
-        def run(indices: list[int], arrays: list[np.ndarray]) -> None:
+        def run(indices: list[int], arrays: list[np.ndarray | torch.Tensor]) -> None:
             """Forward a batch; on out-of-memory halve it and retry, down to single frames."""
             try:
-                pooled, top = self._forward(np.stack(arrays))
+                out = self._forward(self._stack(arrays))
             except (RuntimeError, ValueError) as exc:
                 if _is_out_of_memory(exc) and len(indices) > 1:
                     self._release_memory()
@@ -142,36 +270,42 @@ class EmbeddingEngine:
                     result.errors[i] = f"{type(exc).__name__}: {exc}"[:500]
                 return
             result.forward_passes += 1
-            indices_top, scores = top
             for row, i in enumerate(indices):
-                result.embeddings[i] = pooled[row]
-                result.label_names[i] = [self._label(int(c)) for c in indices_top[row]]
-                result.label_scores[i] = [float(v) for v in scores[row]]
+                result.embeddings[i] = out.embeddings[row]
+                result.label_names[i] = [self._label(int(c)) for c in out.top_indices[row]]
+                result.label_scores[i] = [float(v) for v in out.top_scores[row]]
+                if out.flag_scores is not None:
+                    result.flags[i], result.flag_scores[i] = self._flags(out.flag_scores[row])
 
         def flush() -> None:
+            nonlocal pending_bytes
             if pending_idx:
                 run(list(pending_idx), list(pending_arr))
             pending_idx.clear()
             pending_arr.clear()
+            pending_bytes = 0
 
-        for i, data in enumerate(images):
-            outcome = decode_image(data, max_pixels=self.options.max_image_pixels,
-                                   draft_size=self.preprocess.draft_size)
-            if outcome.image is None:
-                result.statuses[i] = outcome.status
-                result.errors[i] = outcome.error
+        max_bytes = self.options.max_batch_bytes
+        for i, prepared in enumerate(self._prepared(images)):
+            if prepared.pixels is None:
+                result.statuses[i] = prepared.status
+                result.errors[i] = prepared.error
                 continue
-            try:
-                pending_arr.append(self.preprocess.to_array(outcome.image))
-            except (OSError, ValueError) as exc:
-                result.statuses[i] = "preprocess_error"
-                result.errors[i] = f"{type(exc).__name__}: {exc}"
-                continue
+            if max_bytes and pending_idx and pending_bytes + prepared.nbytes > max_bytes:
+                flush()  # the batch is full in bytes before it is full in frames
+            pending_arr.append(prepared.pixels)
             pending_idx.append(i)
+            pending_bytes += prepared.nbytes
             if len(pending_idx) >= self.options.batch_size:
                 flush()
         flush()
         return result
+
+    def _flags(self, scores: np.ndarray) -> tuple[list[str], list[float]]:
+        """The labels whose score reaches their own threshold, best first (ties by label)."""
+        hits = [(float(s), label) for label, s, t in zip(self.flag_labels, scores, self.flag_thresholds) if s >= t]
+        hits.sort(key=lambda h: (-h[0], h[1]))
+        return [label for _, label in hits], [s for s, _ in hits]
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":
@@ -188,6 +322,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 _CACHE: dict[tuple[str, EngineOptions], EmbeddingEngine] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def is_cached(directory: str | Path, options: EngineOptions) -> bool:
+    """Whether this process already holds the engine for (bundle folder, options)."""
+    return (str(Path(directory).resolve()), options) in _CACHE
 
 
 def cached_engine(directory: str | Path, options: EngineOptions) -> EmbeddingEngine:

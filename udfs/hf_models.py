@@ -9,6 +9,8 @@ weights only; ``trust_remote_code`` is never enabled) and a spec whose ``options
 - ``taxonomy`` (clip only): ``{label: [prompt, …]}``. Each label's text embedding is the
   re-normalised mean of its prompts' embeddings (prompt ensembling); scores are the softmax of the
   model's own logit scale times the cosine.
+- ``flags`` (optional): ``{label: threshold}`` moderation-style flags on the model's labels, and
+  ``flag_score``: ``sigmoid`` for multi-label classifiers, else ``softmax`` (see :mod:`udfs.flags`).
 """
 
 from __future__ import annotations
@@ -112,9 +114,25 @@ def load_transformers_module(directory: Path, spec) -> tuple[nn.Module, list[str
     return TransformersVision(model, kind), []
 
 
+def declared_labels(config: Mapping[str, Any], kind: str, taxonomy: Mapping[str, list[str]] | None) -> list[str]:
+    """The labels a bundle of this kind will produce: the taxonomy's (clip), ``id2label`` (classifier)."""
+    if kind == "clip":
+        return list(taxonomy or {})
+    if kind == "classifier":
+        id2label = config.get("id2label") or {}
+        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return []
+
+
 def write_transformers_bundle(hf_source: Path, directory: Path, *, taxonomy: Mapping[str, list[str]] | None = None,
-                              taxonomy_version: str = "", kind: str | None = None) -> Path:
-    """Make a bundle from a ``save_pretrained`` folder; refuses folders with pickle weights only."""
+                              taxonomy_version: str = "", kind: str | None = None,
+                              flags: Mapping[str, float] | None = None) -> Path:
+    """Make a bundle from a ``save_pretrained`` folder; refuses folders with pickle weights only.
+
+    ``flags`` ({label: threshold}, see :mod:`udfs.flags`) must name labels the bundle produces; the
+    flag scores are sigmoids for multi-label classifiers, softmax probabilities otherwise.
+    """
+    from udfs.flags import check_flag_labels, flag_score_mode, parse_flags
     from udfs.model_bundle import SPEC_FILE, BundleSpec
     from udfs.preprocess import PreprocessSpec
 
@@ -133,6 +151,11 @@ def write_transformers_bundle(hf_source: Path, directory: Path, *, taxonomy: Map
         label_set = taxonomy_version or "taxonomy"
     elif kind == "classifier":
         label_set = f"{config.get('model_type', 'model')}-id2label"
+    if flags:
+        flags = parse_flags(flags, source=f"{hf_source}: flags")
+        check_flag_labels(flags, declared_labels(config, kind, taxonomy), source=f"{hf_source}: flags")
+        options["flags"] = dict(flags)
+        options["flag_score"] = flag_score_mode(config, kind)
     spec = BundleSpec(family="transformers", embedding_dim=embedding_dim(config, kind), preprocess=preprocess,
                       label_set=label_set, options=options)
     directory.mkdir(parents=True, exist_ok=True)

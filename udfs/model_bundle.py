@@ -81,7 +81,8 @@ def _build_efficientnet_lite0(directory: Path, spec: BundleSpec) -> tuple[torch.
         raise BundleError(f"{weights}: weights file missing (bundles carry safetensors weights only)")
     labels_path = directory / LABELS_FILE
     labels = labels_path.read_text().splitlines() if labels_path.exists() else []
-    return build_efficientnet_lite0(load_file(str(weights))), labels
+    # loaded bundles serve inference only: BatchNorm is folded into the convolutions here
+    return build_efficientnet_lite0(load_file(str(weights))).fold_batchnorm(), labels
 
 
 def _build_transformers(directory: Path, spec: BundleSpec) -> tuple[torch.nn.Module, list[str]]:
@@ -126,3 +127,42 @@ def load_bundle(directory: Path) -> LoadedModel:
                           f"known: {sorted(FAMILIES)}")
     module, labels = FAMILIES[spec.family](directory, spec)
     return LoadedModel(spec=spec, module=module.eval(), labels=labels)
+
+
+def bundle_labels(directory: Path, spec: BundleSpec) -> list[str]:
+    """The label names a bundle's model produces, read from its files (no weights loaded)."""
+    directory = Path(directory)
+    if spec.family == "transformers":
+        from udfs.hf_models import HF_DIR, declared_labels
+
+        config = json.loads((directory / HF_DIR / "config.json").read_text())
+        return declared_labels(config, str(spec.options.get("kind", "encoder")), spec.options.get("taxonomy"))
+    path = directory / LABELS_FILE
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def copy_with_flags(directory: Path, destination: Path, flags: dict[str, float]) -> Path:
+    """Copy bundle ``directory`` to ``destination`` with ``flags`` ({label: threshold}) in its spec.
+
+    Flags must name labels of the model (:class:`udfs.flags.FlagsError` otherwise); their scores are
+    sigmoids for multi-label transformers classifiers, softmax probabilities otherwise.
+    """
+    import shutil
+    from dataclasses import replace
+
+    from udfs.flags import check_flag_labels, flag_score_mode, parse_flags
+
+    directory = Path(directory)
+    spec = read_spec(directory)
+    flags = parse_flags(flags, source=f"{directory}: flags")
+    check_flag_labels(flags, bundle_labels(directory, spec), source=f"{directory}: flags")
+    mode = "softmax"
+    if spec.family == "transformers":
+        from udfs.hf_models import HF_DIR
+
+        config = json.loads((directory / HF_DIR / "config.json").read_text())
+        mode = flag_score_mode(config, str(spec.options.get("kind", "encoder")))
+    shutil.copytree(directory, destination, dirs_exist_ok=True)
+    spec = replace(spec, options={**spec.options, "flags": flags, "flag_score": mode})
+    (Path(destination) / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    return Path(destination)

@@ -7,6 +7,7 @@ Registered artifacts are model bundles (:mod:`udfs.model_bundle`): safetensors w
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -50,11 +51,12 @@ def imagenet_class_names() -> list[str]:
 
 
 def default_bundle_spec() -> BundleSpec:
-    """EfficientNet-Lite0: bicubic shorter side 256, centre crop 224, mean = std = 0.5."""
+    """EfficientNet-Lite0: bicubic shorter side 256, centre crop 224 (offsets rounded like the
+    torchvision eval transform the weights were evaluated with), mean = std = 0.5."""
     from udfs.efficientnet_lite import EMBEDDING_DIM
 
     return BundleSpec(family=DEFAULT_FAMILY, embedding_dim=EMBEDDING_DIM,
-                      preprocess=PreprocessSpec(), label_set=DEFAULT_LABEL_SET)
+                      preprocess=PreprocessSpec(crop_offset="round"), label_set=DEFAULT_LABEL_SET)
 
 
 def write_default_bundle(directory: Path) -> Path:
@@ -66,16 +68,71 @@ def write_default_bundle(directory: Path) -> Path:
     return write_bundle(directory, default_bundle_spec(), state, imagenet_class_names())
 
 
+_MAX_TAG_CHARS = 4000  # well under MLflow's limits on tag and param values
+
+
+def model_signature(spec: BundleSpec) -> dict[str, str]:
+    """The engine's MLflow ``ModelSignature`` as JSON strings (``inputs``, ``outputs``).
+
+    Input: one binary column ``image`` (encoded JPEG bytes). Output: the per-frame result struct the
+    embed UDF returns — ``embedding`` (array<float> of ``spec.embedding_dim``; null when the frame
+    failed), ``status``, ``error``, ``labels``, ``label_scores``, ``flags``, ``flag_scores``.
+    """
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(DataType.binary, "image")])
+    outputs = Schema([
+        ColSpec(Array(DataType.float), "embedding", required=False),
+        ColSpec(DataType.string, "status"),
+        ColSpec(DataType.string, "error", required=False),
+        ColSpec(Array(DataType.string), "labels", required=False),
+        ColSpec(Array(DataType.float), "label_scores", required=False),
+        ColSpec(Array(DataType.string), "flags", required=False),
+        ColSpec(Array(DataType.float), "flag_scores", required=False),
+    ])
+    signature = ModelSignature(inputs=inputs, outputs=outputs).to_dict()
+    return {"inputs": signature["inputs"], "outputs": signature["outputs"]}
+
+
+def bundle_metadata(spec: BundleSpec) -> dict[str, str]:
+    """What registration records about a bundle (model-version tags and the run's params):
+    family, kind, embedding dim, preprocessing hash, label set, taxonomy version, flags, signature."""
+    kind = str(spec.options.get("kind", spec.family))
+    flags = spec.options.get("flags") or {}
+    flags_json = json.dumps(flags) if flags else ""
+    if len(flags_json) > _MAX_TAG_CHARS:
+        flags_json = f"{len(flags)} flags (see model_spec.json)"
+    signature = model_signature(spec)
+    return {
+        "family": spec.family,
+        "kind": kind,
+        "embedding_dim": str(spec.embedding_dim),
+        "preprocess_hash": spec.preprocess.short_hash(),
+        "label_set": spec.label_set,
+        "taxonomy_version": spec.label_set if spec.options.get("taxonomy") else "",
+        "flags": flags_json,
+        "flag_score": str(spec.options.get("flag_score", "")) if flags else "",
+        "signature_inputs": signature["inputs"],
+        "signature_outputs": signature["outputs"],
+    }
+
+
 def register_bundle(client, name: str, bundle_dir: Path, *, alias: str | None,
                     experiment_id: str, description: str = "") -> str:
-    """Log ``bundle_dir`` as the artifacts of a new run, register it under ``name``; return the version."""
+    """Log ``bundle_dir`` as the artifacts of a new run, register it under ``name``; return the version.
+
+    The bundle's metadata and signature (:func:`bundle_metadata`) become the run's params and the
+    model version's tags, so ``catalogfs models list`` and the MLflow UI show them.
+    """
     from mlflow.exceptions import MlflowException
 
     spec = read_spec(bundle_dir)
+    metadata = bundle_metadata(spec)
     run = client.create_run(experiment_id, run_name=f"register-{name}")
-    for key, value in {"family": spec.family, "embedding_dim": spec.embedding_dim,
-                       "preprocess_hash": spec.preprocess.short_hash(), "label_set": spec.label_set}.items():
-        client.log_param(run.info.run_id, key, value)
+    for key, value in metadata.items():
+        if value:
+            client.log_param(run.info.run_id, key, value)
     client.log_artifacts(run.info.run_id, str(bundle_dir), artifact_path="model")
     client.set_terminated(run.info.run_id)
     source = f"{run.info.artifact_uri}/model"
@@ -84,11 +141,8 @@ def register_bundle(client, name: str, bundle_dir: Path, *, alias: str | None,
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    version = client.create_model_version(
-        name, source, run_id=run.info.run_id,
-        tags={"family": spec.family, "embedding_dim": str(spec.embedding_dim),
-              "preprocess_hash": spec.preprocess.short_hash()},
-    ).version
+    version = client.create_model_version(name, source, run_id=run.info.run_id,
+                                          tags={k: v for k, v in metadata.items() if v}).version
     if alias:
         client.set_registered_model_alias(name, alias, version)
     log.info("registered %s version %s (alias %s) from %s", name, version, alias, source)

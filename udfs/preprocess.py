@@ -35,12 +35,15 @@ class PreprocessSpec:
     interpolation: str = "bicubic"
     resize_mode: str = "shorter"  # "shorter": shorter side → resize_shorter, then crop; "exact": → crop×crop
     long_side: str = "round"  # how the resized longer side is rounded: "round", or "floor" (transformers)
+    crop_offset: str = "floor"  # centre-crop offset: "floor" (transformers), or "round" (torchvision / timm)
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("shorter", "exact"):
             raise ValueError(f"resize_mode must be 'shorter' or 'exact', got {self.resize_mode!r}")
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+        if self.crop_offset not in ("floor", "round"):
+            raise ValueError(f"crop_offset must be 'floor' or 'round', got {self.crop_offset!r}")
         if self.crop > self.resize_shorter:
             raise ValueError(f"crop ({self.crop}) must not exceed resize_shorter ({self.resize_shorter})")
 
@@ -54,6 +57,7 @@ class PreprocessSpec:
             interpolation=str(data.get("interpolation", "bicubic")),
             resize_mode=str(data.get("resize_mode", "shorter")),
             long_side=str(data.get("long_side", "round")),
+            crop_offset=str(data.get("crop_offset", "floor")),
         )
 
     @classmethod
@@ -74,7 +78,7 @@ class PreprocessSpec:
         data = asdict(self)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
-        for key, default in (("resize_mode", "shorter"), ("long_side", "round")):
+        for key, default in (("resize_mode", "shorter"), ("long_side", "round"), ("crop_offset", "floor")):
             if data[key] == default:  # defaults stay out, so existing space ids are unchanged
                 del data[key]
         return data
@@ -89,19 +93,35 @@ class PreprocessSpec:
         """Smallest size a JPEG may be draft-decoded to without losing resolution we need."""
         return (self.resize_shorter, self.resize_shorter)
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) an image of this size is resized to before the centre crop."""
+        if self.resize_mode == "exact":
+            return self.crop, self.crop
+        scale = self.resize_shorter / min(width, height)
+        rounding = math.floor if self.long_side == "floor" else round
+        new_w = max(self.crop, rounding(width * scale)) if width > height else self.resize_shorter
+        new_h = max(self.crop, rounding(height * scale)) if height > width else self.resize_shorter
+        return new_w, new_h
+
+    def crop_origin(self, width: int, height: int) -> tuple[int, int]:
+        """(left, top) of the centre crop in a ``width``×``height`` resized image. torchvision's
+        CenterCrop rounds half-way offsets (to even, as Python does); transformers floors them."""
+        if self.crop_offset == "round":
+            return int(round((width - self.crop) / 2.0)), int(round((height - self.crop) / 2.0))
+        return (width - self.crop) // 2, (height - self.crop) // 2
+
     def to_array(self, img: Image.Image) -> np.ndarray:
         """RGB image → float32 array (3, crop, crop), normalised."""
         if self.resize_mode == "exact":
             return self._normalise(img.resize((self.crop, self.crop), _RESAMPLE[self.interpolation]))
         width, height = img.size
-        scale = self.resize_shorter / min(width, height)
-        rounding = math.floor if self.long_side == "floor" else round
-        new_w = max(self.crop, rounding(width * scale)) if width > height else self.resize_shorter
-        new_h = max(self.crop, rounding(height * scale)) if height > width else self.resize_shorter
-        img = img.resize((new_w, new_h), _RESAMPLE[self.interpolation])
-        left = (new_w - self.crop) // 2
-        top = (new_h - self.crop) // 2
-        return self._normalise(img.crop((left, top, left + self.crop, top + self.crop)))
+        new_w, new_h = self.resized_size(width, height)
+        left, top = self.crop_origin(new_w, new_h)
+        # Resample only the source region that lands in the crop: the same scale and pixel centres
+        # as resizing the whole image and cropping after (values agree to 1/255), at half the cost.
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+        return self._normalise(img.resize((self.crop, self.crop), _RESAMPLE[self.interpolation], box=box))
 
     def _normalise(self, img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float32) / 255.0
