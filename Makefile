@@ -9,12 +9,13 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
-.PHONY: env demo test bench-engine clean-data help
+.PHONY: env demo test bench bench-engine clean-data help
 
 help:
 	@echo "make demo   - run the whole pipeline on the sample videos and print a summary"
 	@echo "make test   - run the test suite"
 	@echo "make env    - only provide .venv"
+	@echo "make bench  - the performance harness: our Spark stage vs plain loop, predict_batch_udf, naive UDF (~10 min)"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
 	@echo "make clean-data - delete the local data root (tables, registry, samples)"
 
@@ -26,6 +27,9 @@ demo: env
 
 test: env
 	$(PYTHON) -m pytest
+
+bench: env
+	$(PYTHON) bench/pipeline_bench.py --out bench/results
 
 bench-engine: env
 	$(PYTHON) bench/engine_bench.py --device cpu --quick --json bench/results/engine_cpu_quick.json

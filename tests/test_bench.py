@@ -20,3 +20,25 @@ def test_engine_bench_runs_and_reports_both_rates(tmp_path, monkeypatch, capsys)
     assert row["pipeline_fps"] > 0 and row["model_only_fps"] > 0
     assert data["meta"]["device"] == "cpu"
     assert "| efficientnet_lite0 | 4 |" in capsys.readouterr().out
+
+
+def test_pipeline_bench_rows_in_their_own_processes(tmp_path, capsys):
+    """The harness's in-process rows (model-only, plain loop) on a few frames: figures, table, JSON.
+    (The Spark rows run in `make bench`; they need minutes.)"""
+    out = tmp_path / "results"
+    argv = ["pipeline_bench.py", "--quick", "--frames", "8", "--batch", "4", "--rows", "model_only,plain_loop",
+            "--out", str(out)]
+    old = sys.argv
+    sys.argv = argv
+    try:
+        runpy.run_path(str(PROJECT_ROOT / "bench" / "pipeline_bench.py"), run_name="__main__")
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    finally:
+        sys.argv = old
+    data = json.loads((out / "pipeline_quick.json").read_text())
+    assert set(data["rows"]) == {"model_only", "plain_loop"}
+    for row in data["rows"].values():
+        assert row["frames"] == 8 and row["fps"] > 0 and row["model_loads"] == 1 and row["peak_rss_mb"] > 100
+    table = (out / "pipeline_quick.md").read_text()
+    assert "| model_only |" in table and "| plain_loop |" in table
