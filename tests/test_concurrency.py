@@ -104,21 +104,24 @@ def _keys_unique_and_complete(spark, cfg, space):
     return fe
 
 
-def _commit_meanwhile(spark, cfg, space_id: str) -> None:
-    """Another writer commits to the table A is merging into (rewriting files A has read)."""
-    spark.newSession().sql(f"UPDATE {cfg.storage.qualified('frame_embeddings')} SET error = NULL "
-                           f"WHERE embedding_space = '{space_id}'")
-
-
-def test_the_publisher_that_loses_the_race_retries_and_wins(spark, race, caplog):
-    cfg, current, model, space, _ = race
-    caplog.set_level(logging.WARNING, logger="features.embedding_run")
-    thread, outcome, gate = _held_publisher(spark, cfg, race, max_attempts=3)
+def _race(spark, race_fixture, *, max_attempts: int) -> dict:
+    """Publisher A held inside its MERGE while another writer commits to the same table (rewriting
+    files A has read); returns A's outcome."""
+    cfg, current = race_fixture[0], race_fixture[1]
+    thread, outcome, gate = _held_publisher(spark, cfg, race_fixture, max_attempts=max_attempts)
     try:
-        _commit_meanwhile(spark, cfg, current.id)
+        spark.newSession().sql(f"UPDATE {cfg.storage.qualified('frame_embeddings')} SET error = NULL "
+                               f"WHERE embedding_space = '{current.id}'")
     finally:
         gate.touch()
         thread.join(timeout=600)
+    return outcome
+
+
+def test_the_publisher_that_loses_the_race_retries_and_wins(spark, race, caplog):
+    cfg, _current, model, space, _ = race
+    caplog.set_level(logging.WARNING, logger="features.embedding_run")
+    outcome = _race(spark, race, max_attempts=3)
     assert "error" not in outcome, str(outcome.get("error"))[:3000]
     assert outcome["attempts"] == 2  # the first commit lost the race, the retry went through
     assert any("lost a commit race" in r.getMessage() for r in caplog.records)
@@ -130,13 +133,8 @@ def test_the_publisher_that_loses_the_race_retries_and_wins(spark, race, caplog)
 
 
 def test_out_of_attempts_is_a_clean_conflict_error(spark, race):
-    cfg, current, _model, space, _ = race
-    thread, outcome, gate = _held_publisher(spark, cfg, race, max_attempts=1)
-    try:
-        _commit_meanwhile(spark, cfg, current.id)
-    finally:
-        gate.touch()
-        thread.join(timeout=600)
+    cfg, _current, _model, space, _ = race
+    outcome = _race(spark, race, max_attempts=1)
     assert isinstance(outcome.get("error"), PublishConflict), outcome
     assert "lost 1 commit races" in str(outcome["error"]) and "Rerun the job" in str(outcome["error"])
     _keys_unique_and_complete(spark, cfg, space)
