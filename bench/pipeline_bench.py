@@ -347,7 +347,8 @@ def run_incremental(workdir: Path, batch: int, cores: int) -> dict:
             start = time.perf_counter()
             result = run_embedding(spark, cfg, model, run_id=f"bench-{label}")
             figures[label] = {"seconds": time.perf_counter() - start, "frames_embedded": result.frames_embedded,
-                              "forward_passes": result.forward_passes, "published": result.published}
+                              "forward_passes": result.forward_passes, "published": result.published,
+                              "stage_seconds": result.stage_seconds}
         full = figures["full"]["seconds"]
         return {"frames_full": figures["full"]["frames_embedded"], "runs": figures,
                 "unchanged_share_of_full": figures["unchanged"]["seconds"] / full,

@@ -85,6 +85,7 @@ class EmbedResult:
     published: bool = False
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # plan, embed, stage, validate, publish, lineage
     report_html: str | None = None
 
     @property
@@ -225,6 +226,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
         return result
 
     staging = storage.staging_dir / run_id
+    clock = _StageClock(result, t0)
+    clock.lap("plan")
     accumulator = spark.sparkContext.accumulator(0)
     frames_done = spark.sparkContext.accumulator(0)
     model_loads = spark.sparkContext.accumulator(0)
@@ -240,6 +243,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     with Progress("embedding", n_todo, frames_done):
         candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
     result.embed_seconds = time.monotonic() - t_embed
+    clock.lap("embed")
     result.forward_passes = int(accumulator.value)
     result.model_loads = int(model_loads.value)
     result.frames_embedded = n_todo
@@ -263,6 +267,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
             _video_rows(aggregate_video_flags(state, thresholds=flags_spec), run_id=run_id,
                         computed_at=started, extra={"taxonomy_version": space.taxonomy_version}),
             staging / VIDEO_FLAGS.name)
+    clock.lap("stage")
     failpoints.reached("after_staging")
 
     v = cfg.validation
@@ -287,20 +292,38 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
         **checks,
     }, report_dir)
     result.validation, result.report_dir = outcome, str(report_dir)
+    clock.lap("validate")
 
     if outcome.success:
         publish_with_retries(spark, cfg, space, state, video_emb, video_lab, video_ids, run_id=run_id,
                              txn_version=int(started.timestamp() * 1000), video_flags=video_flags)
         result.published = True
+    clock.lap("publish")
     result.table_versions = _versions(spark, cfg)
     result.seconds = time.monotonic() - t0
     record_lineage(spark, cfg, model, space, result, started=started)
     if result.published and current_space(spark, storage) is None:
         promote(spark, storage, space.id, run_id=run_id, note="first published space")
     delta_writer.drop_staging(staging)
+    clock.lap("lineage")
+    result.seconds = time.monotonic() - t0
+    log.info("run %s stage seconds: %s", run_id,
+             ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()))
     if not outcome.success:
         raise ValidationFailed(outcome, str(report_dir))
     return result
+
+
+class _StageClock:
+    """Seconds spent in each stage of a run, into ``result.stage_seconds``."""
+
+    def __init__(self, result: EmbedResult, start: float) -> None:
+        self.result, self.last = result, start
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.result.stage_seconds[stage] = now - self.last
+        self.last = now
 
 
 def in_space_id(spark: SparkSession, cfg: Config, space_id: str) -> DataFrame:

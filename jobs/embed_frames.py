@@ -61,7 +61,8 @@ def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
         mlflow.log_metrics({
             "frames_total": result.frames_total, "frames_embedded": result.frames_embedded,
             "forward_passes": result.forward_passes, "frames_per_second": result.frames_per_second,
-            "reject_rate": _reject_rate(result),
+            "reject_rate": _reject_rate(result), "model_loads": result.model_loads,
+            **{f"seconds_{stage}": seconds for stage, seconds in result.stage_seconds.items()},
         })
         for table, version in result.table_versions.items():
             mlflow.set_tag(f"delta.{table}.version", str(version))

@@ -109,7 +109,7 @@ def load_transformers_module(directory: Path, spec) -> tuple[nn.Module, list[str
         taxonomy = spec.options["taxonomy"]
         tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False, local_files_only=True)
         texts = text_embeddings(model, tokenizer, taxonomy)
-        scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+        scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
         return TransformersVision(model, kind, texts, scale), list(taxonomy)
     return TransformersVision(model, kind), []
 
