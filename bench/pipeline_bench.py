@@ -211,8 +211,6 @@ def _spark_udf_column(variant: str, spark, cfg, workdir: Path, batch: int, loads
 
     bundle = str(workdir / "bundle")
     if variant == "catalogfs":
-        from datetime import datetime as _dt
-
         from features.embedding_run import compute_frame_candidates
         from features.spaces import EmbeddingSpace
         from udfs.model_registry import ResolvedModel, default_bundle_spec
@@ -225,7 +223,7 @@ def _spark_udf_column(variant: str, spark, cfg, workdir: Path, batch: int, loads
             frames = df.withColumn("status", F.lit("ok")).withColumn("error", F.lit(None).cast("string")) \
                        .withColumn("content_sha256", F.lit(None).cast("string"))
             out = compute_frame_candidates(spark, frames, model, space, cfg, run_id="bench",
-                                           computed_at=_dt.now(timezone.utc), model_loads=loads)
+                                           computed_at=datetime.now(timezone.utc), model_loads=loads)
             return out.select("video_id", "frame_ts_ms", "embedding")
         return transform
 

@@ -300,7 +300,6 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
         result.published = True
     clock.lap("publish")
     result.table_versions = _versions(spark, cfg)
-    result.seconds = time.monotonic() - t0
     record_lineage(spark, cfg, model, space, result, started=started)
     if result.published and current_space(spark, storage) is None:
         promote(spark, storage, space.id, run_id=run_id, note="first published space")
@@ -393,9 +392,6 @@ def publish_with_retries(spark: SparkSession, cfg: Config, space: EmbeddingSpace
             log.warning("publish attempt %d/%d of space %s lost a commit race (%s); retrying in %.1f s",
                         attempt, attempts, space.id, type(exc).__name__, wait)
             time.sleep(wait)
-            for table in PUBLISHED_TABLES:  # plan the retry on the winner's snapshot
-                if spark.catalog.tableExists(cfg.storage.qualified(table.name)):
-                    spark.catalog.refreshTable(cfg.storage.qualified(table.name))
             wait *= 2
     raise AssertionError("unreachable")
 
