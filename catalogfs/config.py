@@ -154,6 +154,10 @@ class InferenceConfig(_Section):
     gpu_decode: Literal["auto", "off"] = Field("auto", description=(
         "auto: on CUDA, JPEG frames are decoded and preprocessed on the GPU (torchvision), falling "
         "back to PIL per frame; off: always PIL. Never used on CPU."))
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field("auto", description=(
+        "auto: on CPU, ONNX Runtime for model families that export exactly (EfficientNet-Lite0; "
+        "outputs checked against PyTorch when loaded), PyTorch otherwise; torch: always PyTorch; "
+        "onnxruntime: required (CPU only)."))
 
     @field_validator("gpu_decode", mode="before")
     @classmethod
@@ -172,6 +176,9 @@ class ValidationConfig(_Section):
     drift_min_cosine: float = Field(0.8, ge=-1, le=1, description="Cosine to the published vector of the same frame.")
     drift_min_share: float = Field(0.95, ge=0, le=1, description="Share of frames that must meet drift_min_cosine.")
     max_label_shift: float = Field(0.5, ge=0, le=1, description="Total variation distance of top-1 labels.")
+    driver_max_rows: int = Field(200_000, ge=0, description=(
+        "Candidate sets up to this many rows are validated on the driver (their tested columns "
+        "collected, GE's pandas engine); larger ones by Spark. 0: always Spark."))
 
 
 class RetentionConfig(_Section):

@@ -1,8 +1,8 @@
 """The one module that writes Delta: tables, staging, merges and commit metadata.
 
 Published tables live in the catalog database at ``<warehouse>/<database>.db/<table>``. Staging
-tables are path-based, per run, under ``<data_root>/staging/<run_id>/``; they are what validation
-reads and what publish copies from, so the expensive computation runs once.
+tables are Parquet folders, per run, under ``<data_root>/staging/<run_id>/``; they are what
+validation reads and what publish copies from, so the expensive computation runs once.
 """
 
 from __future__ import annotations
@@ -186,9 +186,15 @@ def register_space(spark: SparkSession, storage: StorageConfig, tables: Sequence
 
 
 def write_staging(df: DataFrame, path: Path) -> DataFrame:
-    """Materialise ``df`` as a Delta table at ``path`` (overwrite) and return it read back."""
-    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(str(path))
-    return df.sparkSession.read.format("delta").load(str(path))
+    """Materialise ``df`` as Parquet at ``path`` (overwrite) and return it read back.
+
+    Staging is private to one run (``<staging>/<run_id>/``), written once and read only after the
+    write returned, then deleted; a run that dies leaves it for ``catalogfs maintain`` and a rerun
+    uses a new folder. Delta's log buys nothing here and costs about a second per table on a small
+    run (measured: 1.3-1.5 s for a Delta write and read-back of 60 rows, 0.35 s as Parquet).
+    """
+    df.write.mode("overwrite").parquet(str(path))
+    return df.sparkSession.read.parquet(str(path))
 
 
 def drop_staging(path: Path) -> None:

@@ -98,7 +98,8 @@ def engine_options(cfg: Config) -> EngineOptions:
     inf = cfg.inference
     return EngineOptions(batch_size=inf.batch_size, device=inf.device, num_threads=inf.num_threads,
                          top_k=inf.top_k, max_image_pixels=inf.max_image_pixels,
-                         max_batch_bytes=inf.max_batch_bytes, gpu_decode=inf.gpu_decode)
+                         max_batch_bytes=inf.max_batch_bytes, gpu_decode=inf.gpu_decode,
+                         runtime=inf.runtime)
 
 
 def frames_to_embed(frames: DataFrame, published: DataFrame) -> DataFrame:
@@ -158,15 +159,46 @@ def _video_rows(df: DataFrame, *, run_id: str, computed_at: datetime, extra: dic
     return df
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run has to do, found by one Spark job (see :func:`plan_run`)."""
+
+    frames_to_embed: int
+    orphan_videos: list[str]
+    stale_videos: list[str]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.frames_to_embed == 0 and not self.orphan_videos and not self.stale_videos
+
+
+def plan_run(frames: DataFrame, published: DataFrame, video_emb: DataFrame, video_lab: DataFrame,
+             video_flags: DataFrame | None = None) -> RunPlan:
+    """How many frames need embedding (:func:`frames_to_embed`) and which videos need their rows
+    refreshed (:func:`videos_needing_refresh`), collected together in one Spark job — the whole
+    cost of an unchanged rerun."""
+    todo = frames_to_embed(frames, published).select(F.lit("todo").alias("kind"), F.lit(None).cast("string")
+                                                     .alias("video_id"))
+    orphans, stale = videos_needing_refresh(frames, published, video_emb, video_lab, video_flags)
+    found = (todo.groupBy("kind", "video_id").count()
+             .unionByName(orphans.select(F.lit("orphan").alias("kind"), "video_id", F.lit(0).cast("long").alias("count")))
+             .unionByName(stale.select(F.lit("stale").alias("kind"), "video_id", F.lit(0).cast("long").alias("count")))
+             .collect())
+    return RunPlan(frames_to_embed=sum(int(r["count"]) for r in found if r["kind"] == "todo"),
+                   orphan_videos=sorted({r["video_id"] for r in found if r["kind"] == "orphan"}),
+                   stale_videos=sorted({r["video_id"] for r in found if r["kind"] == "stale"}))
+
+
 def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: DataFrame,
-                           video_lab: DataFrame, video_flags: DataFrame | None = None) -> tuple[list[str], list[str]]:
+                           video_lab: DataFrame, video_flags: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:
     """Videos whose published rows in one space no longer match ``frames``.
 
     Returns (videos with frame rows whose frame is gone from ``frames`` — the removal policy
     deletes those rows —, videos whose video-level rows are missing or older than their newest
-    frame row, e.g. after a publish that stopped between tables). With ``video_flags`` (models with
-    flags), flag rows count too: a video may rightly have none, so they are missing only where an
-    ok frame carries a flag, and stale wherever they are older than the video's newest frame row.
+    frame row, e.g. after a publish that stopped between tables), as ``video_id`` DataFrames. With
+    ``video_flags`` (models with flags), flag rows count too: a video may rightly have none, so
+    they are missing only where an ok frame carries a flag, and stale wherever they are older than
+    the video's newest frame row.
     """
     orphans = published.join(frames.select(*FRAME_KEYS), FRAME_KEYS, "left_anti").select("video_id").distinct()
     newest = (published.where(F.col("status") == "ok").groupBy("video_id")
@@ -188,8 +220,7 @@ def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: D
         older = (newest.join(flags_at, "video_id")
                  .where(F.col("video_at") < F.col("frame_at")).select("video_id"))
         stale = stale.unionByName(missing).unionByName(older)
-    return (sorted(r["video_id"] for r in orphans.collect()),
-            sorted({r["video_id"] for r in stale.collect()}))
+    return orphans, stale
 
 
 def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run_id: str) -> EmbedResult:
@@ -215,11 +246,10 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     published = in_space(FRAME_EMBEDDINGS.name)
     result.frames_total = frames.count()
     todo = frames_to_embed(frames, published)
-    n_todo = todo.count()
-    orphan_videos, stale_videos = videos_needing_refresh(
-        frames, published, in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
-        in_space(VIDEO_FLAGS.name) if flags_spec else None)
-    if n_todo == 0 and not orphan_videos and not stale_videos:
+    plan = plan_run(frames, published, in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
+                    in_space(VIDEO_FLAGS.name) if flags_spec else None)
+    n_todo, orphan_videos, stale_videos = plan.frames_to_embed, plan.orphan_videos, plan.stale_videos
+    if plan.nothing_to_do:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
         result.seconds = time.monotonic() - t0
         result.table_versions = _versions(spark, cfg)
@@ -278,7 +308,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     checks = {}
     if video_flags is not None:
         checks[VIDEO_FLAGS.name] = (video_flags, video_flags_suite(params))
-    reference = drift_reference(spark, cfg, space)
+    current = current_space(spark, storage)
+    reference = drift_reference(spark, cfg, space, current)
     if reference is not None:
         log.info("checking drift against the current space %s", reference)
         ref_rows = in_space_id(spark, cfg, reference)
@@ -290,7 +321,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
         VIDEO_EMBEDDINGS.name: (with_vector_checks(video_emb), video_embeddings_suite(params)),
         VIDEO_LABELS.name: (video_lab, video_labels_suite(params)),
         **checks,
-    }, report_dir)
+    }, report_dir, driver_max_rows=v.driver_max_rows)
     result.validation, result.report_dir = outcome, str(report_dir)
     clock.lap("validate")
 
@@ -301,7 +332,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     clock.lap("publish")
     result.table_versions = _versions(spark, cfg)
     record_lineage(spark, cfg, model, space, result, started=started)
-    if result.published and current_space(spark, storage) is None:
+    # a promoted space stays promoted, so only a data root without one is read again
+    if result.published and current is None and current_space(spark, storage) is None:
         promote(spark, storage, space.id, run_id=run_id, note="first published space")
     delta_writer.drop_staging(staging)
     clock.lap("lineage")
@@ -331,10 +363,9 @@ def in_space_id(spark: SparkSession, cfg: Config, space_id: str) -> DataFrame:
             .where(F.col("embedding_space") == space_id))
 
 
-def drift_reference(spark: SparkSession, cfg: Config, space: EmbeddingSpace) -> str | None:
-    """The current space, when it is another version of the same registered model with the same
-    dimension (vectors of unrelated models are not comparable); else None."""
-    current = current_space(spark, cfg.storage)
+def drift_reference(spark: SparkSession, cfg: Config, space: EmbeddingSpace, current: str | None) -> str | None:
+    """``current`` (the current space), when it is another version of the same registered model
+    with the same dimension (vectors of unrelated models are not comparable); else None."""
     if current is None or current == space.id:
         return None
     row = (spark.table(cfg.storage.qualified(FEATURE_VERSIONS.name))

@@ -49,14 +49,28 @@ def frames_dataframe(spark: SparkSession, videos: Sequence[tuple[str, str]], opt
     return source.mapInPandas(extract, FRAMES.schema)
 
 
+def _compare(staged: DataFrame, current: DataFrame) -> tuple[dict[str, int], int]:
+    """(staged rows by status, frame keys whose row is new, gone or different), in one Spark job."""
+    keys = ["video_id", "frame_ts_ms"]
+    s = staged.select(*keys, F.col("content_sha256").alias("s_sha"), F.col("status").alias("s_status"),
+                      F.lit(True).alias("in_s"))
+    c = current.select(*keys, F.col("content_sha256").alias("c_sha"), F.col("status").alias("c_status"),
+                       F.lit(True).alias("in_c"))
+    differs = (F.col("in_s").isNull() | F.col("in_c").isNull() | ~F.col("s_sha").eqNullSafe(F.col("c_sha"))
+               | ~F.col("s_status").eqNullSafe(F.col("c_status")))
+    rows = (s.join(c, keys, "full_outer")
+            .groupBy(F.col("s_status").alias("status"))
+            .agg(F.count("in_s").alias("staged"), F.count(F.when(differs, 1)).alias("changed"))
+            .collect())
+    return ({r["status"]: int(r["staged"]) for r in rows if r["status"] is not None and r["staged"]},
+            sum(int(r["changed"]) for r in rows))
+
+
 def publish_frames(spark: SparkSession, storage: StorageConfig, staged: DataFrame,
                    video_ids: Sequence[str], *, run_id: str) -> FramesPublish:
     """Make the ``frames`` rows of ``video_ids`` equal to ``staged`` (one MERGE, or none if equal)."""
     current = spark.table(storage.qualified(FRAMES.name)).where(F.col("video_id").isin(list(video_ids)))
-    compare = ["video_id", "frame_ts_ms", "content_sha256", "status"]
-    changed = (staged.select(*compare).exceptAll(current.select(*compare)).count()
-               + current.select(*compare).exceptAll(staged.select(*compare)).count())
-    counts = {r["status"]: int(r["count"]) for r in staged.groupBy("status").count().collect()}
+    counts, changed = _compare(staged, current)
     if changed:
         with delta_writer.commit_metadata(spark, {"run_id": run_id, "job": "extract_frames"}):
             delta_writer.merge_rows(

@@ -3,14 +3,21 @@ per test run, both under a temporary data root; small real fixtures (photos from
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# ONNX exports of the test models go to a folder of this test run (Spark's workers inherit it)
+_ONNX_CACHE = tempfile.mkdtemp(prefix="catalogfs-test-onnx-")
+os.environ["CATALOGFS_ONNX_CACHE"] = _ONNX_CACHE
+atexit.register(shutil.rmtree, _ONNX_CACHE, True)
 
 from catalogfs.config import DEFAULT_CONF_DIR, Config, load_config  # noqa: E402
 

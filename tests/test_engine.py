@@ -277,3 +277,42 @@ def test_forced_tensor_decode_keeps_results_and_statuses(default_bundle, engine)
     assert forced.label_names[0][0] == "espresso"
     assert not np.array_equal(forced.embeddings[0], plain.embeddings[0])  # the JPEG took the tensor path
     np.testing.assert_array_equal(forced.embeddings[1], plain.embeddings[1])  # the PNG took PIL's
+
+
+PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "camera.png")
+
+
+def test_cpu_serves_the_default_model_with_onnx_runtime_and_the_same_outputs(default_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("CATALOGFS_ONNX_CACHE", str(tmp_path))
+    images = [photo_bytes(n) for n in PHOTOS]
+    eager = EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=4, runtime="torch"))
+    fast = EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=4))
+    assert (eager.runtime, fast.runtime) == ("torch", "onnxruntime")
+    assert len(list(tmp_path.glob("*.onnx"))) == 1  # exported once, cached by content
+    a, b = eager.embed(images), fast.embed(images)
+    for x, y in zip(a.embeddings, b.embeddings):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+    assert a.label_names == b.label_names
+    np.testing.assert_allclose(np.array(a.label_scores), np.array(b.label_scores), atol=1e-5)
+    again = EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))  # from the cache
+    np.testing.assert_allclose(again.embed(images[:1]).embeddings[0], b.embeddings[0], atol=1e-6)
+
+
+def test_an_export_that_disagrees_with_the_model_is_not_served(default_bundle, tmp_path, monkeypatch, caplog):
+    """A cached export that computes something else than the loaded weights (here: weights changed
+    in memory after the export) is refused: PyTorch serves the model, or with runtime
+    'onnxruntime' the engine fails."""
+    from udfs.onnx_runtime import OnnxExportError
+
+    monkeypatch.setenv("CATALOGFS_ONNX_CACHE", str(tmp_path))
+    EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))  # caches the export
+    model = load_bundle(default_bundle)
+    with torch.no_grad():
+        model.module._fc.weight.mul_(1.5)
+    with caplog.at_level("WARNING"):
+        engine = EmbeddingEngine(model, EngineOptions(batch_size=2))
+    assert engine.runtime == "torch" and "differs from the model" in caplog.text
+    with pytest.raises(OnnxExportError, match="differs from the model"):
+        EmbeddingEngine(model, EngineOptions(batch_size=2, runtime="onnxruntime"))
+    with pytest.raises(ValueError, match="inference.runtime"):
+        EmbeddingEngine(model, EngineOptions(runtime="tensorrt"))

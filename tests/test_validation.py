@@ -32,13 +32,22 @@ def _candidates(spark, rows):
     return with_score_checks(with_vector_checks(df))
 
 
-def _validate(spark, tmp_path, rows):
+@pytest.fixture(params=["spark", "pandas"])
+def engine(request):
+    """Each gate test runs with GE on Spark and on the driver (pandas): same verdicts."""
+    return request.param
+
+
+def _validate(spark, tmp_path, rows, engine="spark"):
     df = _candidates(spark, rows)
-    return validate_candidates({"frame_embeddings": (df, frame_embeddings_suite(PARAMS))}, tmp_path)
+    outcome = validate_candidates({"frame_embeddings": (df, frame_embeddings_suite(PARAMS))}, tmp_path,
+                                  driver_max_rows=1000 if engine == "pandas" else 0)
+    assert outcome.engines == {"frame_embeddings": engine}
+    return outcome
 
 
-def test_good_candidates_pass(spark, tmp_path):
-    outcome = _validate(spark, tmp_path, [
+def test_good_candidates_pass(spark, tmp_path, engine):
+    outcome = _validate(spark, tmp_path, engine=engine, rows=[
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
         {"video_id": "v", "frame_ts_ms": 1000, "embedding": [0.0, 0.6, 0.8, 0.0]},
     ])
@@ -46,8 +55,8 @@ def test_good_candidates_pass(spark, tmp_path):
     assert json.loads((tmp_path / "frame_embeddings.json").read_text())["success"] is True
 
 
-def test_nan_vector_is_refused(spark, tmp_path):
-    outcome = _validate(spark, tmp_path, [
+def test_nan_vector_is_refused(spark, tmp_path, engine):
+    outcome = _validate(spark, tmp_path, engine=engine, rows=[
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
         {"video_id": "v", "frame_ts_ms": 1000, "embedding": [float("nan"), 0.0, 0.0, 1.0]},
     ])
@@ -55,8 +64,8 @@ def test_nan_vector_is_refused(spark, tmp_path):
     assert any("emb_finite" in f for f in outcome.failures), outcome.failures
 
 
-def test_wrong_dimension_is_refused(spark, tmp_path):
-    outcome = _validate(spark, tmp_path, [
+def test_wrong_dimension_is_refused(spark, tmp_path, engine):
+    outcome = _validate(spark, tmp_path, engine=engine, rows=[
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
         {"video_id": "v", "frame_ts_ms": 1000, "embedding": [1.0, 0.0, 0.0]},
     ])
@@ -64,8 +73,8 @@ def test_wrong_dimension_is_refused(spark, tmp_path):
     assert any("emb_dim" in f for f in outcome.failures), outcome.failures
 
 
-def test_duplicate_keys_are_refused(spark, tmp_path):
-    outcome = _validate(spark, tmp_path, [
+def test_duplicate_keys_are_refused(spark, tmp_path, engine):
+    outcome = _validate(spark, tmp_path, engine=engine, rows=[
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [0.0, 1.0, 0.0, 0.0]},
     ])
@@ -73,14 +82,24 @@ def test_duplicate_keys_are_refused(spark, tmp_path):
     assert any("compound_columns_to_be_unique" in f for f in outcome.failures), outcome.failures
 
 
-def test_unnormalised_vector_and_too_many_rejects(spark, tmp_path):
-    outcome = _validate(spark, tmp_path, [
+def test_unnormalised_vector_and_too_many_rejects(spark, tmp_path, engine):
+    outcome = _validate(spark, tmp_path, engine=engine, rows=[
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [2.0, 0.0, 0.0, 0.0]},
         {"video_id": "v", "frame_ts_ms": 1000, "embedding": None, "status": "undecodable_image"},
         {"video_id": "v", "frame_ts_ms": 2000, "embedding": None, "status": "undecodable_image"},
     ])
     failed = " | ".join(outcome.failures)
     assert "emb_norm" in failed and "'status'" in failed and "row_count" in failed
+    assert "2 of 3 rows unexpected" in failed  # the reject rate, counted the same by both engines
+
+
+def test_driver_validation_falls_back_to_spark_above_the_row_limit(spark, tmp_path):
+    rows = [{"video_id": "v", "frame_ts_ms": i * 1000, "embedding": [1.0, 0.0, 0.0, 0.0]} for i in range(3)]
+    params = SuiteParams(dim=DIM, norm_tolerance=1e-3, max_reject_rate=0.5, expected_rows=3)
+    outcome = validate_candidates({"frame_embeddings": (_candidates(spark, rows), frame_embeddings_suite(params))},
+                                  tmp_path, driver_max_rows=2)
+    assert outcome.success, outcome.failures
+    assert outcome.engines == {"frame_embeddings": "spark"}
 
 
 def test_failed_validation_leaves_published_tables_untouched(spark, cfg, tmp_path_factory, default_bundle, capsys):
@@ -125,8 +144,8 @@ def test_failed_validation_leaves_published_tables_untouched(spark, cfg, tmp_pat
     assert json.loads(open(f"{report}/summary.json").read())["success"] is False
 
 
-def test_reports_include_data_docs_html(spark, tmp_path):
-    outcome = _validate(spark, tmp_path, [
+def test_reports_include_data_docs_html(spark, tmp_path, engine):
+    outcome = _validate(spark, tmp_path, engine=engine, rows=[
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
         {"video_id": "v", "frame_ts_ms": 0, "embedding": [1.0, 0.0, 0.0, 0.0]},
     ])

@@ -29,6 +29,7 @@ from udfs.flags import FLAG_SCORE_SIGMOID
 from udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
 from udfs.images import STATUS_OK, decode_image
 from udfs.model_bundle import BundleError, LoadedModel, load_bundle
+from udfs.onnx_runtime import OnnxExportError, load_onnx_module, onnx_available
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class EngineOptions:
     max_batch_bytes: int = 256 * 1024 * 1024
     # "auto": decode JPEG frames with torchvision on the GPU when running on CUDA; "off": always PIL.
     gpu_decode: str = "auto"
+    # "auto": ONNX Runtime on CPU for the model families known to export exactly (outputs checked
+    # against PyTorch at load), PyTorch otherwise; "torch": always PyTorch; "onnxruntime": required.
+    runtime: str = "auto"
 
 
 @dataclass
@@ -121,6 +125,22 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+RUNTIMES = ("auto", "torch", "onnxruntime")
+ONNX_FAMILIES = ("efficientnet_lite0",)  # families "auto" serves with ONNX Runtime on CPU
+
+
+def wants_onnx(options: EngineOptions, device: torch.device, model: LoadedModel) -> bool:
+    """Whether the engine should serve ``model`` with ONNX Runtime (see ``EngineOptions.runtime``)."""
+    if options.runtime not in RUNTIMES:
+        raise ValueError(f"inference.runtime must be one of {list(RUNTIMES)}, got {options.runtime!r}")
+    if options.runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError("inference.runtime 'onnxruntime' runs on CPU only; use 'auto' or 'torch' on CUDA")
+        return True
+    return (options.runtime == "auto" and device.type == "cpu" and model.spec.family in ONNX_FAMILIES
+            and model.directory is not None and onnx_available())
+
+
 def use_gpu_decode(options: EngineOptions, device: torch.device, preprocess) -> bool:
     """Whether JPEG frames are decoded by torchvision on the GPU: only on CUDA, with
     ``gpu_decode: auto``, when torchvision imports and the preprocessing has a tensor twin."""
@@ -141,7 +161,19 @@ class EmbeddingEngine:
         if self.device.type == "cpu":
             torch.set_num_threads(options.num_threads)
         module = model.module.to(self.device).eval()
-        self.module = module.to(memory_format=torch.channels_last)
+        self.runtime = "torch"
+        if wants_onnx(options, self.device, model):
+            try:
+                self.module = load_onnx_module(module, model.files(), (1, 3, model.spec.preprocess.crop,
+                                                                       model.spec.preprocess.crop),
+                                               num_threads=options.num_threads)
+                self.runtime = "onnxruntime"
+            except OnnxExportError as exc:
+                if options.runtime == "onnxruntime":
+                    raise
+                log.warning("serving the model with PyTorch: %s", exc)
+        if self.runtime == "torch":
+            self.module = module.to(memory_format=torch.channels_last)
         self.preprocess = model.spec.preprocess
         self._init_flags(model)
         self.gpu_decode = use_gpu_decode(options, self.device, self.preprocess)
@@ -176,7 +208,8 @@ class EmbeddingEngine:
             x = x.pin_memory().to(self.device, non_blocking=True)  # async host→device copy
         else:
             x = x.to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if self.runtime == "torch":
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -67,6 +67,13 @@ class LoadedModel:
     spec: BundleSpec
     module: torch.nn.Module  # forward(x) -> (pooled features, logits)
     labels: list[str]
+    directory: Path | None = None  # the bundle folder it was loaded from (None: built in memory)
+
+    def files(self) -> list[Path]:
+        """The bundle's files (what its content is), or [] for a model built in memory."""
+        if self.directory is None:
+            return []
+        return sorted(p for p in self.directory.rglob("*") if p.is_file())
 
 
 class BundleError(ValueError):
@@ -126,7 +133,7 @@ def load_bundle(directory: Path) -> LoadedModel:
         raise BundleError(f"{directory / SPEC_FILE}: unknown model family {spec.family!r}; "
                           f"known: {sorted(FAMILIES)}")
     module, labels = FAMILIES[spec.family](directory, spec)
-    return LoadedModel(spec=spec, module=module.eval(), labels=labels)
+    return LoadedModel(spec=spec, module=module.eval(), labels=labels, directory=directory)
 
 
 def bundle_labels(directory: Path, spec: BundleSpec) -> list[str]:
