@@ -115,7 +115,8 @@ def bench(model: LoadedModel, frames: list[bytes], batch: int, device: str, repe
     model_only()
     model_s = _time(model_only, repeats)
     n = len(frames)
-    return {"batch": batch, "frames": n, "pipeline_fps": n / pipeline_s, "model_only_fps": n / model_s,
+    return {"batch": batch, "frames": n, "runtime": engine.runtime,
+            "pipeline_fps": n / pipeline_s, "model_only_fps": n / model_s,
             "pipeline_share_of_model_only": (n / pipeline_s) / (n / model_s)}
 
 
@@ -142,16 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         for batch in sizes:
             row = {"model": name, **bench(model, frames, batch, device, repeats)}
             rows.append(row)
-            print(f"{name:<20} batch {batch:>4}: from JPEG {row['pipeline_fps']:8.1f} frames/s | "
+            print(f"{name:<20} {row['runtime']:<11} batch {batch:>4}: from JPEG {row['pipeline_fps']:8.1f} frames/s | "
                   f"model only {row['model_only_fps']:8.1f} frames/s | "
                   f"{100 * row['pipeline_share_of_model_only']:5.1f}% of model-only", flush=True)
     meta = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "frames": n}
-    print("\n| model | batch | from JPEG (frames/s) | model only (frames/s) | share |")
-    print("|---|---|---|---|---|")
+    print("\n| model | runtime | batch | from JPEG (frames/s) | model only (frames/s) | share |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['pipeline_fps']:.1f} | {r['model_only_fps']:.1f} | "
+        print(f"| {r['model']} | {r['runtime']} | {r['batch']} | {r['pipeline_fps']:.1f} | {r['model_only_fps']:.1f} | "
               f"{100 * r['pipeline_share_of_model_only']:.0f}% |")
     print(f"\n{json.dumps(meta)}")
     if args.json:

@@ -339,6 +339,15 @@ def run_incremental(workdir: Path, batch: int, cores: int, frames_name: str = "f
         # warm Python workers with the model loaded, as for the other Spark rows: runs compare work
         warm = _spark_udf_column("catalogfs", spark, cfg, workdir, batch, spark.sparkContext.accumulator(0))
         warm(raw.limit(cores * batch).repartition(cores)).write.format("noop").mode("overwrite").save()
+        # and the JVM: the first run of a session also pays JIT and first reads of each Delta table;
+        # it runs on another database, so the timed runs below all start in the same warm state
+        warm_storage = storage.model_copy(update={"database": f"{storage.database}_warmup"})
+        warm_cfg = cfg.model_copy(update={"storage": warm_storage})
+        delta_writer.ensure_catalog(spark, warm_storage, log_retention_days=cfg.retention.log_retention_days)
+        frames.limit(cores * batch).write.format("delta").mode("append").saveAsTable(warm_storage.qualified(FRAMES.name))
+        start = time.perf_counter()
+        run_embedding(spark, warm_cfg, model, run_id="bench-warmup")
+        first_run_seconds = time.perf_counter() - start
         figures = {}
         for label, action in (("full", None), ("unchanged", None), ("ten_percent_new", new_share)):
             if action is not None:
@@ -355,6 +364,7 @@ def run_incremental(workdir: Path, batch: int, cores: int, frames_name: str = "f
         # the 10% run stays <= 25% of a full run from k times this input on: 0.75 F <= k t (0.25 n_full - n_ten)
         scale = 0.75 * fixed / (per_frame * (0.25 * full["frames_embedded"] - ten["frames_embedded"]))
         return {"frames_total": n, "frames_full": full["frames_embedded"], "runs": figures,
+                "first_run_in_jvm": {"frames": cores * batch, "seconds": first_run_seconds},
                 "unchanged_share_of_full": figures["unchanged"]["seconds"] / full["seconds"],
                 "ten_percent_share_of_full": ten["seconds"] / full["seconds"],
                 "fixed_seconds_per_run": fixed, "seconds_per_frame": per_frame,
@@ -425,6 +435,15 @@ def run_extraction(workdir: Path, batch: int, cores: int, copies: int = 4) -> di
         start = time.perf_counter()
         frames_dataframe(spark, videos, options).write.format("noop").mode("overwrite").save()
         stage_seconds = time.perf_counter() - start
+        # the first job of a JVM also pays the JIT and Delta's first reads of the table (seconds):
+        # measured on two other videos, then the timed job runs warm, like a long-lived driver's
+        warm_dir = workdir / "videos_warm"
+        warm_dir.mkdir()
+        for path in made[:2]:
+            shutil.copyfile(path, warm_dir / f"warm_{path.name}")
+        start = time.perf_counter()
+        warm = extract_frames.run(spark, cfg, input=str(warm_dir))
+        cold_seconds = time.perf_counter() - start
         start = time.perf_counter()
         result = extract_frames.run(spark, cfg, input=str(videos_dir))
         job_seconds = time.perf_counter() - start
@@ -434,6 +453,8 @@ def run_extraction(workdir: Path, batch: int, cores: int, copies: int = 4) -> di
     return {"videos": len(videos), "plain_pyav": plain, "plain_pyav_threaded": plain_threaded,
             "extract_stage": {"frames": ours, "seconds": stage_seconds, "fps": ours / stage_seconds},
             "extract_frames_job": {"frames": ours, "seconds": job_seconds, "fps": ours / job_seconds},
+            "extract_frames_job_first_in_jvm": {"frames": warm.publish.frames, "seconds": cold_seconds,
+                                                "fps": warm.publish.frames / cold_seconds},
             "stage_vs_plain": (ours / stage_seconds) / plain["fps"],
             "job_vs_plain": (ours / job_seconds) / plain["fps"],
             "stage_vs_plain_threaded": (ours / stage_seconds) / plain_threaded["fps"]}
@@ -524,7 +545,10 @@ def markdown(report: dict) -> str:
     if inc:
         runs = inc["runs"]
         lines += ["", f"Incremental (the real embed job: UDF stage, Great Expectations, Delta MERGE) on "
-                  f"{inc['frames_total']} frames; a run costs about {inc['fixed_seconds_per_run']:.1f} s + "
+                  f"{inc['frames_total']} frames, in a session warmed by a first run of "
+                  f"{inc['first_run_in_jvm']['frames']} frames on another database "
+                  f"({inc['first_run_in_jvm']['seconds']:.1f} s, JIT and first Delta reads included). "
+                  f"A run costs about {inc['fixed_seconds_per_run']:.1f} s + "
                   f"{1000 * inc['seconds_per_frame']:.1f} ms per frame embedded, so 10% new frames cost ≤ 25% "
                   f"of a full run from about {inc['frames_for_ten_percent_target']} frames on (linear model of "
                   f"the two runs):", "",
@@ -542,7 +566,8 @@ def markdown(report: dict) -> str:
         for key, label in (("plain_pyav", "plain PyAV loop (decode on one thread)"),
                            ("plain_pyav_threaded", "plain PyAV loop, FFmpeg threads"),
                            ("extract_stage", "our extraction stage (`extract_video_frames` in Spark)"),
-                           ("extract_frames_job", "`extract_frames` job (stage, staging, Delta MERGE, MLflow)")):
+                           ("extract_frames_job", "`extract_frames` job (stage, staging, Delta MERGE, MLflow)"),
+                           ("extract_frames_job_first_in_jvm", "the job as the first of its JVM (2 videos)")):
             r = ext[key]
             lines.append(f"| {label} | {r['fps']:.1f} | {r['seconds']:.1f} | {r['fps'] / plain_fps:.2f} |")
         lines.append("")

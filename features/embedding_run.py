@@ -166,6 +166,7 @@ class RunPlan:
     frames_to_embed: int
     orphan_videos: list[str]
     stale_videos: list[str]
+    published_frames: int = 0  # rows the space already has (0: its first publish)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -177,50 +178,56 @@ def plan_run(frames: DataFrame, published: DataFrame, video_emb: DataFrame, vide
     """How many frames need embedding (:func:`frames_to_embed`) and which videos need their rows
     refreshed (:func:`videos_needing_refresh`), collected together in one Spark job — the whole
     cost of an unchanged rerun."""
-    todo = frames_to_embed(frames, published).select(F.lit("todo").alias("kind"), F.lit(None).cast("string")
-                                                     .alias("video_id"))
-    orphans, stale = videos_needing_refresh(frames, published, video_emb, video_lab, video_flags)
-    found = (todo.groupBy("kind", "video_id").count()
-             .unionByName(orphans.select(F.lit("orphan").alias("kind"), "video_id", F.lit(0).cast("long").alias("count")))
-             .unionByName(stale.select(F.lit("stale").alias("kind"), "video_id", F.lit(0).cast("long").alias("count")))
-             .collect())
-    return RunPlan(frames_to_embed=sum(int(r["count"]) for r in found if r["kind"] == "todo"),
-                   orphan_videos=sorted({r["video_id"] for r in found if r["kind"] == "orphan"}),
-                   stale_videos=sorted({r["video_id"] for r in found if r["kind"] == "stale"}))
+    todo = (frames_to_embed(frames, published).groupBy().count()
+            .select(F.lit(None).cast("string").alias("video_id"), F.col("count").alias("todo"),
+                    F.lit(0).cast("long").alias("orphans"), F.lit(0).cast("long").alias("published"),
+                    F.lit(False).alias("stale")))
+    found = todo.unionByName(videos_needing_refresh(frames, published, video_emb, video_lab, video_flags)
+                             .withColumn("todo", F.lit(0).cast("long"))).collect()
+    videos = [r for r in found if r["video_id"] is not None]
+    return RunPlan(frames_to_embed=sum(int(r["todo"]) for r in found),
+                   orphan_videos=sorted(r["video_id"] for r in videos if r["orphans"]),
+                   stale_videos=sorted(r["video_id"] for r in videos if r["stale"]),
+                   published_frames=sum(int(r["published"]) for r in videos))
 
 
 def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: DataFrame,
-                           video_lab: DataFrame, video_flags: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:
-    """Videos whose published rows in one space no longer match ``frames``.
+                           video_lab: DataFrame, video_flags: DataFrame | None = None) -> DataFrame:
+    """Per video with published frame rows in one space: ``orphans`` (its frame rows whose frame is
+    gone from ``frames`` — the removal policy deletes them), ``published`` (its frame rows) and
+    ``stale`` (its video-level rows are missing or older than its newest ok frame row, e.g. after a
+    publish that stopped between tables).
 
-    Returns (videos with frame rows whose frame is gone from ``frames`` — the removal policy
-    deletes those rows —, videos whose video-level rows are missing or older than their newest
-    frame row, e.g. after a publish that stopped between tables), as ``video_id`` DataFrames. With
-    ``video_flags`` (models with flags), flag rows count too: a video may rightly have none, so
-    they are missing only where an ok frame carries a flag, and stale wherever they are older than
-    the video's newest frame row.
+    With ``video_flags`` (models with flags), flag rows count too: a video may rightly have none,
+    so they are missing only where an ok frame carries a flag, and stale wherever they are older
+    than the video's newest frame row. One pass over the frame rows (a join of frame and published
+    keys, then per-video aggregates), so the plan of a run stays a few Spark stages.
     """
-    orphans = published.join(frames.select(*FRAME_KEYS), FRAME_KEYS, "left_anti").select("video_id").distinct()
-    newest = (published.where(F.col("status") == "ok").groupBy("video_id")
-              .agg(F.max("computed_at").alias("frame_at")))
-    stale = newest
-    for table in (video_emb, video_lab):
-        at = table.groupBy("video_id").agg(F.max("computed_at").alias("video_at"))
-        stale_here = (newest.join(at, "video_id", "left")
-                      .where(F.col("video_at").isNull() | (F.col("video_at") < F.col("frame_at")))
-                      .select("video_id"))
-        stale = stale_here if stale is newest else stale.unionByName(stale_here)
+    ok = F.col("status") == "ok"
+    rows = published.select(*FRAME_KEYS, "status", "computed_at",
+                            *(["flags"] if video_flags is not None else []))
+    per_video = (rows.join(frames.select(*FRAME_KEYS, F.lit(True).alias("_in_frames")), FRAME_KEYS, "left")
+                 .groupBy("video_id")
+                 .agg(F.count(F.when(F.col("_in_frames").isNull(), 1)).alias("orphans"),
+                      F.count(F.lit(1)).alias("published"),
+                      F.max(F.when(ok, F.col("computed_at"))).alias("frame_at"),
+                      *([F.max(F.when(ok & (F.size("flags") > 0), F.col("computed_at"))).alias("flag_frame_at")]
+                        if video_flags is not None else [])))
+    tables = {"emb_at": video_emb, "lab_at": video_lab}
     if video_flags is not None:
-        flags_at = video_flags.groupBy("video_id").agg(F.max("computed_at").alias("video_at"))
-        flagged = (published.where((F.col("status") == "ok") & (F.size("flags") > 0))
-                   .groupBy("video_id").agg(F.max("computed_at").alias("flag_frame_at")))
-        missing = (flagged.join(flags_at, "video_id", "left")
-                   .where(F.col("video_at").isNull() | (F.col("video_at") < F.col("flag_frame_at")))
-                   .select("video_id"))
-        older = (newest.join(flags_at, "video_id")
-                 .where(F.col("video_at") < F.col("frame_at")).select("video_id"))
-        stale = stale.unionByName(missing).unionByName(older)
-    return orphans, stale
+        tables["flags_at"] = video_flags
+    for name, table in tables.items():
+        per_video = per_video.join(table.groupBy("video_id").agg(F.max("computed_at").alias(name)), "video_id", "left")
+    frame_at = F.col("frame_at")
+
+    def behind(at: str, newest) -> "F.Column":
+        return newest.isNotNull() & (F.col(at).isNull() | (F.col(at) < newest))
+
+    stale = behind("emb_at", frame_at) | behind("lab_at", frame_at)
+    if video_flags is not None:
+        stale = (stale | behind("flags_at", F.col("flag_frame_at"))
+                 | (F.col("flags_at").isNotNull() & frame_at.isNotNull() & (F.col("flags_at") < frame_at)))
+    return per_video.select("video_id", "orphans", "published", stale.alias("stale"))
 
 
 def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run_id: str) -> EmbedResult:
@@ -277,9 +284,11 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.forward_passes = int(accumulator.value)
     result.model_loads = int(model_loads.value)
     result.frames_embedded = n_todo
-    result.status_counts = {r["status"]: int(r["count"]) for r in candidates.groupBy("status").count().collect()}
-    video_ids = sorted({r["video_id"] for r in candidates.select("video_id").distinct().collect()}
-                       | set(orphan_videos) | set(stale_videos))
+    by_video_status = candidates.groupBy("video_id", "status").count().collect()  # one job for both
+    result.status_counts = {}
+    for r in by_video_status:
+        result.status_counts[r["status"]] = result.status_counts.get(r["status"], 0) + int(r["count"])
+    video_ids = sorted({r["video_id"] for r in by_video_status} | set(orphan_videos) | set(stale_videos))
     result.videos_updated = video_ids
 
     state = delta_writer.write_staging(next_frame_state(frames, candidates, published, video_ids),
@@ -327,7 +336,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
 
     if outcome.success:
         publish_with_retries(spark, cfg, space, state, video_emb, video_lab, video_ids, run_id=run_id,
-                             txn_version=int(started.timestamp() * 1000), video_flags=video_flags)
+                             txn_version=int(started.timestamp() * 1000), video_flags=video_flags,
+                             register=plan.published_frames == 0)
         result.published = True
     clock.lap("publish")
     result.table_versions = _versions(spark, cfg)
@@ -429,10 +439,12 @@ def publish_with_retries(spark: SparkSession, cfg: Config, space: EmbeddingSpace
 
 def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_state: DataFrame,
                        video_emb: DataFrame, video_lab: DataFrame, video_ids: list[str], *, run_id: str,
-                       txn_version: int, video_flags: DataFrame | None = None) -> None:
+                       txn_version: int, video_flags: DataFrame | None = None, register: bool = True) -> None:
     """One MERGE per published table: the affected videos' rows in this space become exactly the
     staged ones (new and changed rows written, unchanged ones left alone, vanished ones deleted).
-    ``video_flags`` is None for models without flags: that table is then left alone.
+    ``video_flags`` is None for models without flags: that table is then left alone. ``register``:
+    record the space in each table's ``catalogfs.embedding_spaces`` property (a space's first
+    publish; later ones skip that read of every table's properties).
 
     Each MERGE carries a Delta transaction id (app ``catalogfs:<space>:<table>``, version
     ``txn_version``): replaying the same publish is skipped by Delta instead of applied twice.
@@ -450,7 +462,8 @@ def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, 
             merges.append((VIDEO_FLAGS, video_flags, None))
         for table, source, _ in merges:  # every source checked before the first table is touched
             delta_writer.check_schema(table, source, qualified_name=storage.qualified(table.name))
-        delta_writer.register_space(spark, storage, [t.name for t, _, _ in merges], space.id)
+        if register:
+            delta_writer.register_space(spark, storage, [t.name for t, _, _ in merges], space.id)
         for table, source, condition in merges:
             with delta_writer.idempotent(spark, f"catalogfs:{space.id}:{table.name}", txn_version):
                 delta_writer.merge_rows(spark, storage, table, source, update_condition=condition,
