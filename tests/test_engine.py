@@ -316,3 +316,15 @@ def test_an_export_that_disagrees_with_the_model_is_not_served(default_bundle, t
         EmbeddingEngine(model, EngineOptions(batch_size=2, runtime="onnxruntime"))
     with pytest.raises(ValueError, match="inference.runtime"):
         EmbeddingEngine(model, EngineOptions(runtime="tensorrt"))
+
+
+def test_a_damaged_cached_export_is_removed_and_pytorch_serves(default_bundle, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CATALOGFS_ONNX_CACHE", str(tmp_path))
+    EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))
+    (cached,) = tmp_path.glob("*.onnx")
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short, as a full disk would leave it
+    with caplog.at_level("WARNING"):
+        engine = EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))
+    assert engine.runtime == "torch" and "cannot load the ONNX export" in caplog.text
+    assert not cached.exists()
+    assert EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2)).runtime == "onnxruntime"

@@ -127,7 +127,11 @@ def load_onnx_module(module: torch.nn.Module, files: Sequence[Path], input_shape
     if not path.exists():
         export(module, path, input_shape)
         log.info("exported the model to ONNX in %.1f s: %s", time.monotonic() - started, path)
-    onnx_module = OnnxModule(path, num_threads=num_threads)
+    try:
+        onnx_module = OnnxModule(path, num_threads=num_threads)
+    except Exception as exc:  # a damaged cache file: removed, so the next load exports again
+        path.unlink(missing_ok=True)
+        raise OnnxExportError(f"cannot load the ONNX export {path}: {type(exc).__name__}: {exc}") from exc
     worst = check_same_outputs(module, onnx_module, input_shape)
     log.info("ONNX Runtime serves the model (%s; outputs within %.1e of PyTorch)", path.name, worst)
     return onnx_module
