@@ -597,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     extras = [] if args.quick else ["incremental", "extraction"]
     wanted = args.rows.split(",") if args.rows else all_rows + extras
     workdir = Path(tempfile.mkdtemp(prefix="catalogfs-bench-"))
+    onnx_cache = os.environ.get("CATALOGFS_ONNX_CACHE")
     os.environ["CATALOGFS_ONNX_CACHE"] = str(workdir / "onnx")  # the rows (and their workers) share one export
     try:
         prepare_inputs(workdir, n)
@@ -636,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + table)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if onnx_cache is None:
+            os.environ.pop("CATALOGFS_ONNX_CACHE", None)
+        else:
+            os.environ["CATALOGFS_ONNX_CACHE"] = onnx_cache
     return 0
 
 

@@ -19,7 +19,8 @@ def test_engine_bench_runs_and_reports_both_rates(tmp_path, monkeypatch, capsys)
     assert (row["model"], row["batch"], row["frames"]) == ("efficientnet_lite0", 4, 8)
     assert row["pipeline_fps"] > 0 and row["model_only_fps"] > 0
     assert data["meta"]["device"] == "cpu"
-    assert "| efficientnet_lite0 | 4 |" in capsys.readouterr().out
+    assert row["runtime"] == "onnxruntime"  # the CPU runtime the pipeline uses for this model
+    assert "| efficientnet_lite0 | onnxruntime | 4 |" in capsys.readouterr().out
 
 
 def test_pipeline_bench_rows_in_their_own_processes(tmp_path, capsys):
