@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -45,8 +46,14 @@ def chain(tmp_path_factory):
             "samples.width=320", "samples.height=180", "inference.batch_size=4", "spark.master=local[2]"]
     cfg = load_config([DEFAULT_CONF_DIR / "local.yaml"], sets)
 
+    # Spark's scratch folders (userFiles with the Delta jars, pyspark files: ~86 MB a run) are
+    # removed by a JVM shutdown hook, which a SIGKILLed job never runs: keep them here, removed below
+    spark_dirs = root / "spark-local"
+    spark_dirs.mkdir()
+
     def run(module: str, failpoints: str | None, *extra_sets: str) -> int:
-        env = {**os.environ, "CATALOGFS_FAILPOINT_LOG": str(log), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "CATALOGFS_FAILPOINT_LOG": str(log), "PYTHONUNBUFFERED": "1",
+               "SPARK_LOCAL_DIRS": str(spark_dirs)}
         env.pop("CATALOGFS_FAILPOINTS", None)
         if failpoints:
             env["CATALOGFS_FAILPOINTS"] = failpoints
@@ -79,6 +86,8 @@ def chain(tmp_path_factory):
     assert run("jobs.embed_frames", None) == 0, runs[-1][3][-3000:]
     states.append(_read(cfg))
     fired = [line.split()[2] for line in log.read_text().splitlines()]
+    assert any(spark_dirs.iterdir()), "the jobs did not use SPARK_LOCAL_DIRS"
+    shutil.rmtree(spark_dirs, ignore_errors=True)
     return cfg, states, fired
 
 
