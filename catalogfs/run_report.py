@@ -120,7 +120,7 @@ def write_run_report(spark: SparkSession, cfg: Config, result: EmbedResult) -> P
         "frames/s (embed stage)": f"{result.frames_per_second:.1f}", "whole run (s)": f"{result.seconds:.1f}",
         "published": result.published, "table versions": result.table_versions,
         "model loads (Python workers that loaded it)": result.model_loads,
-        "seconds per stage": ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()) or "—",
+        "seconds per stage": result.stage_summary,
     }
     sections = [
         f"<h1>catalogfs embed run {html.escape(result.run_id)}</h1>", table(run_rows),

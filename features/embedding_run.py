@@ -89,6 +89,11 @@ class EmbedResult:
     report_html: str | None = None
 
     @property
+    def stage_summary(self) -> str:
+        """``plan 3.1, embed 4.2, …`` (seconds per stage), or ``—`` for a run with nothing to do."""
+        return ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items()) or "—"
+
+    @property
     def frames_per_second(self) -> float:
         """Frames through decode + model, per second of the embedding stage (not the whole run)."""
         return self.frames_embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
@@ -225,8 +230,8 @@ def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: D
 
     stale = behind("emb_at", frame_at) | behind("lab_at", frame_at)
     if video_flags is not None:
-        stale = (stale | behind("flags_at", F.col("flag_frame_at"))
-                 | (F.col("flags_at").isNotNull() & frame_at.isNotNull() & (F.col("flags_at") < frame_at)))
+        stale = (stale | behind("flags_at", F.col("flag_frame_at"))  # missing where a frame is flagged
+                 | (F.col("flags_at").isNotNull() & behind("flags_at", frame_at)))  # present but older
     return per_video.select("video_id", "orphans", "published", stale.alias("stale"))
 
 
@@ -348,8 +353,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     delta_writer.drop_staging(staging)
     clock.lap("lineage")
     result.seconds = time.monotonic() - t0
-    log.info("run %s stage seconds: %s", run_id,
-             ", ".join(f"{k} {v:.1f}" for k, v in result.stage_seconds.items()))
+    log.info("run %s stage seconds: %s", run_id, result.stage_summary)
     if not outcome.success:
         raise ValidationFailed(outcome, str(report_dir))
     return result
