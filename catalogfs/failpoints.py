@@ -52,6 +52,19 @@ def _log(line: str) -> None:
             os.fsync(fh.fileno())
 
 
+def _first_kill(point: str, job: int) -> bool:
+    """Whether this process is the first of job ``job`` to fire ``kill@point`` (an exclusive marker
+    file beside the log; True when there is no log)."""
+    path = os.environ.get(LOG_ENV)
+    if not path:
+        return True
+    try:
+        os.close(os.open(f"{path}.kill-{point}-{job}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def reached(point: str, *, task_attempt: int | None = None) -> None:
     """Called by the job at ``point``; does nothing unless a test armed that point."""
     hook = _HOOKS.get(point)
@@ -61,9 +74,10 @@ def reached(point: str, *, task_attempt: int | None = None) -> None:
         return
     actions = _actions(point)
     if "kill" in actions:
-        _log(f"kill@{point}")
         own = os.getpgrp()
         job = int(os.environ.get(PGID_ENV, own))
+        if _first_kill(point, job):  # two workers can reach the point at once: one kill is logged
+            _log(f"kill@{point}")
         if job != own:
             os.killpg(job, signal.SIGKILL)
         os.killpg(own, signal.SIGKILL)
