@@ -126,10 +126,31 @@ class SamplesConfig(_Section):
 
 class ExtractConfig(_Section):
     input: str = Field("", description="Folder or glob of videos; empty means <data_root>/samples.")
+    extensions: tuple[str, ...] = Field(
+        (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"), min_length=1, description=(
+            "File extensions taken from an input folder or glob (default: features.video_frames."
+            "VIDEO_EXTENSIONS); other files are skipped and counted."))
     sample_fps: float = Field(1.0, gt=0, le=60, description="Frames kept per second of video.")
     max_side: int = Field(640, ge=16, le=8192, description="Longest side of the stored JPEG.")
     jpeg_quality: int = Field(90, ge=10, le=100)
     max_frames_per_video: int = Field(3600, ge=1)
+    max_video_pixels: int = Field(7680 * 4320, ge=1, description=(
+        "A video whose stream declares larger frames (width*height) is not decoded: status video_too_large."))
+    max_video_seconds: float = Field(6 * 3600.0, gt=0, description=(
+        "A video that declares a longer duration is not decoded: status video_too_long."))
+
+    @field_validator("extensions")
+    @classmethod
+    def _extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """``MP4``, ``.mp4`` → ``.mp4``; each one extension (no folder, no second dot), no repeats."""
+        out: list[str] = []
+        for raw in value:
+            ext = "." + raw.strip().lower().lstrip(".")
+            if ext == "." or "." in ext[1:] or any(c in ext for c in "/\\*?[ ") or not ext.isprintable():
+                raise ValueError(f"each must be one extension like .mp4, got {raw!r}")
+            if ext not in out:
+                out.append(ext)
+        return tuple(out)
 
 
 class ModelConfig(_Section):
@@ -172,7 +193,14 @@ class LabelsConfig(_Section):
 
 class ValidationConfig(_Section):
     norm_tolerance: float = Field(1e-3, gt=0, lt=1)
-    max_reject_rate: float = Field(0.5, ge=0, le=1)
+    max_reject_rate: float = Field(0.5, ge=0, le=1, description=(
+        "Largest share of a run's new frames that may fail in the pipeline itself (inference errors, a "
+        "broken model); bad input does not count here."))
+    max_input_reject_rate: float = Field(0.5, ge=0, le=1, description=(
+        "Largest share of the space's frame rows, after the publish, that may be bad input (truncated or "
+        "unreadable uploads, frames that are not images)."))
+    max_input_rejects_per_run: int = Field(0, ge=0, description=(
+        "Largest number of bad-input frames one run may publish; 0: no limit."))
     drift_min_cosine: float = Field(0.8, ge=-1, le=1, description="Cosine to the published vector of the same frame.")
     drift_min_share: float = Field(0.95, ge=0, le=1, description="Share of frames that must meet drift_min_cosine.")
     max_label_shift: float = Field(0.5, ge=0, le=1, description="Total variation distance of top-1 labels.")

@@ -4,7 +4,8 @@ Exit codes (documented in the README):
   0 success · 1 unexpected error (a bug: traceback shown) · 2 bad config or arguments ·
   3 validation failed or candidates of the wrong schema, nothing published ·
   4 missing input (no videos, no table, no model, bad SQL) ·
-  5 the publish kept losing commit races to concurrent writers (retried; rerun the job)
+  5 the publish kept losing commit races to concurrent writers, or Delta skipped it (retried; rerun the job) ·
+  6 the model registry kept failing (locked database, HTTP 5xx; retried; rerun the job)
 
 Every message, log record and traceback is scrubbed of the config's secrets
 (:mod:`catalogfs.redaction`).
@@ -27,6 +28,7 @@ EXIT_CONFIG = 2
 EXIT_VALIDATION = 3
 EXIT_INPUT = 4
 EXIT_CONFLICT = 5
+EXIT_UNAVAILABLE = 6
 
 log = logging.getLogger("catalogfs")
 
@@ -71,7 +73,7 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
 
     from features.delta_writer import SchemaMismatch
     from features.embedding_run import PublishConflict, ValidationFailed
-    from udfs.model_registry import ModelResolutionError
+    from udfs.model_registry import ModelResolutionError, RegistryUnavailable
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_common_arguments(parser)
@@ -112,6 +114,8 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
         return fail(str(exc), EXIT_INPUT)
     except PublishConflict as exc:
         return fail(str(exc), EXIT_CONFLICT)
+    except RegistryUnavailable as exc:
+        return fail(str(exc), EXIT_UNAVAILABLE)
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
     except AnalysisException as exc:  # a missing table or column, bad SQL: its first line says which

@@ -24,6 +24,8 @@ class SuiteParams:
     drift_min_cosine: float = 0.8
     drift_min_share: float = 0.95
     max_label_shift: float = 0.5
+    max_input_reject_rate: float = 0.5
+    max_input_rejects_per_run: int = 0  # 0: no limit
 
 
 def _keys_not_null(keys: tuple[str, ...]) -> list:
@@ -49,10 +51,13 @@ def frame_embeddings_suite(p: SuiteParams, columns: tuple[str, ...] = ()) -> gx.
         gxe.ExpectColumnValuesToBeBetween(column="label_score_min", min_value=0.0, max_value=1.0),
         gxe.ExpectColumnValuesToBeBetween(column="label_score_max", min_value=0.0, max_value=1.0),
         gxe.ExpectColumnValuesToNotBeNull(column="model_version"),
-        # The reject rate: at most max_reject_rate of the frames may carry a non-ok status.
-        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"],
-                                        mostly=max(1.0 - p.max_reject_rate, 0.0)),
     ]
+    if "pipeline_failure" in columns:  # the run's reject rate: failures of the pipeline itself
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="pipeline_failure", value_set=[False],
+                                                            mostly=max(1.0 - p.max_reject_rate, 0.0)))
+    else:  # no classification column: every non-ok status counts
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"],
+                                                            mostly=max(1.0 - p.max_reject_rate, 0.0)))
     if "drift_cosine" in columns:  # unchanged frames stay close to the published space
         expectations.append(gxe.ExpectColumnValuesToBeBetween(
             column="drift_cosine", min_value=p.drift_min_cosine, max_value=1.0 + p.norm_tolerance,
@@ -97,6 +102,17 @@ def video_flags_suite(p: SuiteParams) -> gx.ExpectationSuite:
         gxe.ExpectColumnValuesToBeBetween(column="n_frames_flagged", min_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="first_flag_ts_ms", min_value=0),
     ])
+
+
+def input_rejects_suite(p: SuiteParams) -> gx.ExpectationSuite:
+    """For the one-row bad-input summary of a run (see ``features.embedding_run``): the share of the
+    space's frame rows that are bad input after this publish, and this run's count of them."""
+    expectations = [gxe.ExpectColumnValuesToBeBetween(column="space_bad_input_share", min_value=0.0,
+                                                      max_value=p.max_input_reject_rate)]
+    if p.max_input_rejects_per_run:
+        expectations.append(gxe.ExpectColumnValuesToBeBetween(column="run_bad_input", min_value=0,
+                                                              max_value=p.max_input_rejects_per_run))
+    return gx.ExpectationSuite(name="input_rejects", expectations=expectations)
 
 
 def drift_suite(p: SuiteParams) -> gx.ExpectationSuite:

@@ -1,6 +1,7 @@
 """Vector checks that Great Expectations lacks, computed as ordinary columns the suites can test.
 
-``emb_dim``, ``emb_norm``, ``emb_finite`` and ``emb_missing_when_ok`` are null/false-safe: rows
+``emb_dim``, ``emb_norm``, ``emb_finite``, ``emb_missing_when_ok`` (and ``pipeline_failure``,
+:func:`with_status_checks`) are null/false-safe: rows
 without a vector (non-ok status) get nulls, which GE's column expectations skip.
 """
 
@@ -25,6 +26,13 @@ def with_vector_checks(df: DataFrame, *, embedding: str = "embedding") -> DataFr
     if "status" in df.columns:
         out = out.withColumn("emb_missing_when_ok", (F.col("status") == "ok") & vec.isNull())
     return out
+
+
+def with_status_checks(df: DataFrame, *, input_statuses: frozenset[str]) -> DataFrame:
+    """Add ``pipeline_failure``: the row is not ok and its status is not one of the input's own
+    (bad upload) statuses — what the run's reject rate counts."""
+    return df.withColumn("pipeline_failure", (F.col("status") != "ok")
+                         & ~F.col("status").isin(sorted(input_statuses)))
 
 
 def with_score_checks(df: DataFrame, *, scores: str = "label_scores") -> DataFrame:

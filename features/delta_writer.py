@@ -110,8 +110,13 @@ def ensure_catalog(spark: SparkSession, storage: StorageConfig,
             f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
             + (f" COMMENT {sql_literal(f.metadata['comment'])}" if f.metadata.get("comment") else "")
             for f in table.schema.fields)
+        # Tombstones are kept as long as the log, so `catalogfs maintain` never deletes a file that
+        # a version it keeps readable still needs (Delta's default keeps them one week); a run's
+        # transaction ids (idempotent publish retries) need keeping only while the run can retry.
         properties = {"catalogfs.keys": ",".join(table.keys),
                       "delta.logRetentionDuration": f"interval {log_retention_days} days",
+                      "delta.deletedFileRetentionDuration": f"interval {log_retention_days} days",
+                      "delta.setTransactionRetentionDuration": f"interval {log_retention_days} days",
                       **{f"delta.constraints.{_identifier(c).lower()}": e for c, e in table.checks}}
         props = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
         spark.sql(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING DELTA "
@@ -146,6 +151,25 @@ def table_version(spark: SparkSession, storage: StorageConfig, table: str) -> in
     """Latest Delta version of a published table."""
     row = DeltaTable.forName(spark, storage.qualified(table)).history(1).select("version").first()
     return int(row["version"]) if row else -1
+
+
+def run_commits(spark: SparkSession, storage: StorageConfig, table: str, *, since_version: int = -1,
+                limit: int | None = None) -> list[dict]:
+    """Data commits (MERGE, WRITE, DELETE, UPDATE) of a published table newer than ``since_version``
+    (the newest ``limit`` when given), each ``{"version", "operation", **its commit metadata}`` —
+    how a job proves that its own commit happened (by ``run_id``) instead of trusting that it did."""
+    history = DeltaTable.forName(spark, storage.qualified(table)).history(limit)
+    rows = (history.where(F.col("version") > since_version)
+            .select("version", "operation", "userMetadata").collect())
+    commits = []
+    for r in rows:
+        try:
+            meta = json.loads(r["userMetadata"]) if r["userMetadata"] else {}
+        except ValueError:  # someone else's free-form metadata
+            meta = {}
+        commits.append({**(meta if isinstance(meta, dict) else {}), "version": int(r["version"]),
+                        "operation": r["operation"]})
+    return sorted(commits, key=lambda c: c["version"])
 
 
 @contextmanager
@@ -246,3 +270,15 @@ def append_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, ro
     check_schema(table, rows, qualified_name=storage.qualified(table.name))
     columns = [f.name for f in table.schema.fields]
     rows.select(*columns).write.format("delta").mode("append").saveAsTable(storage.qualified(table.name))
+
+
+def upsert_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, rows: DataFrame, *, on: str) -> None:
+    """MERGE ``rows`` into a table on the SQL condition ``on`` (aliases ``t``, ``s``): matched rows
+    replaced, the others inserted — one commit (used for lineage rows, which a crash repair may
+    have written first on behalf of a run that turns out to be alive)."""
+    name = storage.qualified(table.name)
+    check_schema(table, rows, qualified_name=name)
+    columns = [f.name for f in table.schema.fields]
+    assignments = {f"`{c}`": F.col(f"s.`{c}`") for c in columns}
+    (DeltaTable.forName(spark, name).alias("t").merge(rows.select(*columns).alias("s"), on)
+     .whenMatchedUpdate(set=assignments).whenNotMatchedInsert(values=assignments).execute())

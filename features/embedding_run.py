@@ -12,11 +12,10 @@ Write-audit-publish:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
@@ -31,17 +30,20 @@ from expectations.suites import (
     SuiteParams,
     drift_suite,
     frame_embeddings_suite,
+    input_rejects_suite,
     video_embeddings_suite,
     video_flags_suite,
     video_labels_suite,
 )
-from expectations.vector_checks import with_score_checks, with_vector_checks
+from expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
 from features import delta_writer
-from features.promotion import current_space, promote, refresh_current_views
+from features.lineage import Attempt, record_lineage, repair_lineage
+from features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
+from features.publish import PublishConflict, PublishSkipped, is_commit_conflict, publish_with_retries  # noqa: F401
 from features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
 from features.spaces import EmbeddingSpace
+from features.statuses import INPUT_STATUSES, TRANSIENT_STATUSES
 from features.tables import (
-    FEATURE_VERSIONS,
     FRAME_EMBEDDINGS,
     FRAMES,
     PUBLISHED_TABLES,
@@ -87,6 +89,15 @@ class EmbedResult:
     embed_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # plan, embed, stage, validate, publish, lineage
     report_html: str | None = None
+    written_versions: dict[str, int] = field(default_factory=dict)  # this run's own commits
+    current_space: str | None = None  # what the current_* views select after the run
+    recovered_runs: list[str] = field(default_factory=list)  # lineage rows written for crashed runs
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_current(self) -> bool:
+        """Whether the run's space is what consumers read (else it is a shadow space)."""
+        return self.current_space == self.space.id
 
     @property
     def stage_summary(self) -> str:
@@ -108,8 +119,10 @@ def engine_options(cfg: Config) -> EngineOptions:
 
 
 def frames_to_embed(frames: DataFrame, published: DataFrame) -> DataFrame:
-    """Frames whose (video_id, frame_ts_ms, content_sha256) has no row in ``published`` (one space)."""
-    done = published.select(*FRAME_KEYS, F.col("content_sha256").alias("_done_sha"))
+    """Frames whose (video_id, frame_ts_ms, content_sha256) has no row in ``published`` (one space),
+    or only a row with a transient status (an inference error on the device): those are retried."""
+    done = (published.where(~F.col("status").isin(sorted(TRANSIENT_STATUSES)))
+            .select(*FRAME_KEYS, F.col("content_sha256").alias("_done_sha")))
     cond = [frames[k] == done[k] for k in FRAME_KEYS] + [frames["content_sha256"].eqNullSafe(done["_done_sha"])]
     return frames.join(done, cond, "left_anti")
 
@@ -172,6 +185,9 @@ class RunPlan:
     orphan_videos: list[str]
     stale_videos: list[str]
     published_frames: int = 0  # rows the space already has (0: its first publish)
+    published_bad_input: int = 0  # of which bad input (a status of the upload's own)
+    # video → (frame rows, bad-input frame rows) published in the space, for the videos that have rows
+    per_video: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -186,22 +202,26 @@ def plan_run(frames: DataFrame, published: DataFrame, video_emb: DataFrame, vide
     todo = (frames_to_embed(frames, published).groupBy().count()
             .select(F.lit(None).cast("string").alias("video_id"), F.col("count").alias("todo"),
                     F.lit(0).cast("long").alias("orphans"), F.lit(0).cast("long").alias("published"),
-                    F.lit(False).alias("stale")))
+                    F.lit(0).cast("long").alias("bad_input"), F.lit(False).alias("stale")))
     found = todo.unionByName(videos_needing_refresh(frames, published, video_emb, video_lab, video_flags)
                              .withColumn("todo", F.lit(0).cast("long"))).collect()
     videos = [r for r in found if r["video_id"] is not None]
     return RunPlan(frames_to_embed=sum(int(r["todo"]) for r in found),
                    orphan_videos=sorted(r["video_id"] for r in videos if r["orphans"]),
                    stale_videos=sorted(r["video_id"] for r in videos if r["stale"]),
-                   published_frames=sum(int(r["published"]) for r in videos))
+                   published_frames=sum(int(r["published"]) for r in videos),
+                   published_bad_input=sum(int(r["bad_input"]) for r in videos),
+                   per_video={r["video_id"]: (int(r["published"]), int(r["bad_input"]))
+                              for r in videos if r["published"]})
 
 
 def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: DataFrame,
                            video_lab: DataFrame, video_flags: DataFrame | None = None) -> DataFrame:
-    """Per video with published frame rows in one space: ``orphans`` (its frame rows whose frame is
-    gone from ``frames`` — the removal policy deletes them), ``published`` (its frame rows) and
-    ``stale`` (its video-level rows are missing or older than its newest ok frame row, e.g. after a
-    publish that stopped between tables).
+    """Per video with rows in one space: ``orphans`` (its frame rows whose frame is gone from
+    ``frames`` — the removal policy deletes them), ``published`` (its frame rows), ``bad_input``
+    (of which bad-input statuses) and ``stale``: its video-level rows are missing or older than its
+    newest ok frame row (e.g. after a publish that stopped between tables), or it has video-level
+    rows but no frame rows left (a removal whose publish stopped after the frame table).
 
     With ``video_flags`` (models with flags), flag rows count too: a video may rightly have none,
     so they are missing only where an ok frame carries a flag, and stale wherever they are older
@@ -215,32 +235,44 @@ def videos_needing_refresh(frames: DataFrame, published: DataFrame, video_emb: D
                  .groupBy("video_id")
                  .agg(F.count(F.when(F.col("_in_frames").isNull(), 1)).alias("orphans"),
                       F.count(F.lit(1)).alias("published"),
+                      F.count(F.when(F.col("status").isin(sorted(INPUT_STATUSES)), 1)).alias("bad_input"),
                       F.max(F.when(ok, F.col("computed_at"))).alias("frame_at"),
                       *([F.max(F.when(ok & (F.size("flags") > 0), F.col("computed_at"))).alias("flag_frame_at")]
                         if video_flags is not None else [])))
     tables = {"emb_at": video_emb, "lab_at": video_lab}
     if video_flags is not None:
         tables["flags_at"] = video_flags
-    for name, table in tables.items():
-        per_video = per_video.join(table.groupBy("video_id").agg(F.max("computed_at").alias(name)), "video_id", "left")
+    for name, table in tables.items():  # full: video rows whose frame rows are all gone count too
+        per_video = per_video.join(table.groupBy("video_id").agg(F.max("computed_at").alias(name)), "video_id", "full")
     frame_at = F.col("frame_at")
 
     def behind(at: str, newest) -> "F.Column":
         return newest.isNotNull() & (F.col(at).isNull() | (F.col(at) < newest))
 
-    stale = behind("emb_at", frame_at) | behind("lab_at", frame_at)
+    no_frame_rows = F.coalesce(F.col("published"), F.lit(0)) == 0
+    stale = behind("emb_at", frame_at) | behind("lab_at", frame_at) | no_frame_rows
     if video_flags is not None:
         stale = (stale | behind("flags_at", F.col("flag_frame_at"))  # missing where a frame is flagged
                  | (F.col("flags_at").isNotNull() & behind("flags_at", frame_at)))  # present but older
-    return per_video.select("video_id", "orphans", "published", stale.alias("stale"))
+    return per_video.select("video_id", *(F.coalesce(F.col(c), F.lit(0)).cast("long").alias(c)
+                                          for c in ("orphans", "published", "bad_input")),
+                            stale.alias("stale"))
 
 
-def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run_id: str) -> EmbedResult:
+def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run_id: str,
+                  serve: bool = True) -> EmbedResult:
     """Embed what is new in ``frames`` into ``model``'s space, audit it, publish it. See module doc.
 
     Removal policy: published rows mirror ``frames``. Rows of frames that left ``frames`` (a
     re-extraction at another rate, a deleted video) are deleted from this space at the next run,
     together with the video-level rows of videos that have no ok frame left.
+
+    ``serve``: the model is the catalogue's serving model (``model.name@model.alias``, the
+    scheduled run), so once its space is published it becomes current when no space is, or when
+    the current space is another version of the same model (the alias was moved by a promote). A
+    ``--model`` backfill (``serve=False``) never changes what consumers read. Every run first
+    repairs what a killed run left: lineage rows of runs that committed but never recorded it
+    (:func:`features.lineage.repair_lineage`) and a promotion that did not happen.
     """
     storage = cfg.storage
     space = EmbeddingSpace.for_model(model)
@@ -260,9 +292,12 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     todo = frames_to_embed(frames, published)
     plan = plan_run(frames, published, in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
                     in_space(VIDEO_FLAGS.name) if flags_spec else None)
-    n_todo, orphan_videos, stale_videos = plan.frames_to_embed, plan.orphan_videos, plan.stale_videos
+    result.recovered_runs = repair_lineage(spark, cfg, space, run_id=run_id)
+    current = current_space(spark, storage)
+    current_model = space_model(spark, storage, current) if current else None
     if plan.nothing_to_do:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
+        result.current_space = settle_current(spark, storage, space, current_model, serve=serve, run_id=run_id)
         result.seconds = time.monotonic() - t0
         result.table_versions = _versions(spark, cfg)
         return result
@@ -270,6 +305,79 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     staging = storage.staging_dir / run_id
     clock = _StageClock(result, t0)
     clock.lap("plan")
+    staged = _stage(spark, cfg, model, space, result, plan, frames, todo, published, flags_spec,
+                    staging=staging, started=started, clock=clock)
+    clock.lap("stage")
+    failpoints.reached("after_staging")
+
+    outcome = _validate(spark, cfg, space, result, plan, staged, current_model)
+    clock.lap("validate")
+
+    attempt = Attempt(run_id=run_id, status="rejected", table_versions={}, frames_embedded=result.frames_embedded,
+                      validation_success=outcome.success, validation_report=result.report_dir,
+                      failed_expectations=None if outcome.success else outcome.failures)
+    try:
+        if outcome.success:
+            result.written_versions = publish_with_retries(
+                spark, cfg, space, staged.state, staged.video_emb, staged.video_lab, staged.video_ids,
+                run_id=run_id, txn_version=int(started.timestamp() * 1000), video_flags=staged.video_flags,
+                register=plan.published_frames == 0)
+            result.published = True
+            attempt = replace(attempt, status="published", table_versions=result.written_versions)
+    except PublishSkipped as exc:
+        attempt = replace(attempt, status="skipped", table_versions=exc.written, note=str(exc)[:1000])
+        record_lineage(spark, cfg, space, attempt, started=started)
+        raise
+    clock.lap("publish")
+    result.table_versions = _versions(spark, cfg)
+    failpoints.reached("before_lineage")
+    record_lineage(spark, cfg, space, attempt, started=started)
+    failpoints.reached("before_views")
+    result.current_space = settle_current(spark, storage, space, current_model, serve=serve, run_id=run_id)
+    delta_writer.drop_staging(staging)
+    clock.lap("lineage")
+    result.seconds = time.monotonic() - t0
+    log.info("run %s stage seconds: %s", run_id, result.stage_summary)
+    if not outcome.success:
+        raise ValidationFailed(outcome, str(result.report_dir))
+    return result
+
+
+def settle_current(spark: SparkSession, storage, space: EmbeddingSpace, current: SpaceModel | None, *,
+                   serve: bool, run_id: str) -> str | None:
+    """Which space is current after a run, promoting this run's space when it is the serving
+    model's and published, and either no space is current (the first publish, or one whose
+    promotion a crash cut off) or the current space is another version of the same model (the
+    serving alias was moved by ``catalogfs models promote``). A space of another model is never
+    made current here: that takes ``catalogfs spaces promote``."""
+    if current is not None and (current.space == space.id or not serve or current.model_name != space.model_name):
+        return current.space
+    if not serve or space.id not in published_spaces(spark, storage):
+        return None if current is None else current.space
+    note = ("first published space" if current is None
+            else f"serving alias moved from version {current.model_version} to {space.model_version}")
+    promote(spark, storage, space.id, run_id=run_id, note=note)
+    return space.id
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A run's candidates, staged as Parquet: what validation reads and publish copies."""
+
+    candidates: DataFrame
+    state: DataFrame
+    video_emb: DataFrame
+    video_lab: DataFrame
+    video_flags: DataFrame | None
+    video_ids: list[str]
+
+
+def _stage(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace, result: EmbedResult,
+           plan: RunPlan, frames: DataFrame, todo: DataFrame, published: DataFrame, flags_spec: dict, *,
+           staging, started: datetime, clock: "_StageClock") -> _Staged:
+    """Embed the frames to do into staging, then the next frame state and the video-level rows of
+    every affected video (new frames, orphans, stale rows)."""
+    n_todo, run_id = plan.frames_to_embed, result.run_id
     accumulator = spark.sparkContext.accumulator(0)
     frames_done = spark.sparkContext.accumulator(0)
     model_loads = spark.sparkContext.accumulator(0)
@@ -293,7 +401,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.status_counts = {}
     for r in by_video_status:
         result.status_counts[r["status"]] = result.status_counts.get(r["status"], 0) + int(r["count"])
-    video_ids = sorted({r["video_id"] for r in by_video_status} | set(orphan_videos) | set(stale_videos))
+    video_ids = sorted({r["video_id"] for r in by_video_status} | set(plan.orphan_videos) | set(plan.stale_videos))
     result.videos_updated = video_ids
 
     state = delta_writer.write_staging(next_frame_state(frames, candidates, published, video_ids),
@@ -311,52 +419,61 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
             _video_rows(aggregate_video_flags(state, thresholds=flags_spec), run_id=run_id,
                         computed_at=started, extra={"taxonomy_version": space.taxonomy_version}),
             staging / VIDEO_FLAGS.name)
-    clock.lap("stage")
-    failpoints.reached("after_staging")
+    return _Staged(candidates, state, video_emb, video_lab, video_flags, video_ids)
 
+
+def _validate(spark: SparkSession, cfg: Config, space: EmbeddingSpace, result: EmbedResult, plan: RunPlan,
+              staged: _Staged, current: SpaceModel | None) -> ValidationOutcome:
+    """Run every suite on the staged candidates; the outcome also goes into ``result``."""
     v = cfg.validation
     params = SuiteParams(dim=space.dim, norm_tolerance=v.norm_tolerance, max_reject_rate=v.max_reject_rate,
-                         expected_rows=n_todo, drift_min_cosine=v.drift_min_cosine,
-                         drift_min_share=v.drift_min_share, max_label_shift=v.max_label_shift)
-    frame_checks = with_score_checks(with_vector_checks(candidates))
-    checks = {}
-    if video_flags is not None:
-        checks[VIDEO_FLAGS.name] = (video_flags, video_flags_suite(params))
-    current = current_space(spark, storage)
-    reference = drift_reference(spark, cfg, space, current)
+                         expected_rows=plan.frames_to_embed, drift_min_cosine=v.drift_min_cosine,
+                         drift_min_share=v.drift_min_share, max_label_shift=v.max_label_shift,
+                         max_input_reject_rate=v.max_input_reject_rate,
+                         max_input_rejects_per_run=v.max_input_rejects_per_run)
+    candidates = staged.candidates
+    frame_checks = with_status_checks(with_score_checks(with_vector_checks(candidates)),
+                                      input_statuses=INPUT_STATUSES)
+    checks = {"input_rejects": (input_rejects(spark, result, plan, staged), input_rejects_suite(params))}
+    if staged.video_flags is not None:
+        checks[VIDEO_FLAGS.name] = (staged.video_flags, video_flags_suite(params))
+    reference = drift_reference(space, current)
     if reference is not None:
         log.info("checking drift against the current space %s", reference)
         ref_rows = in_space_id(spark, cfg, reference)
         frame_checks = with_drift_cosine(frame_checks, ref_rows)
         checks["label_drift"] = (label_shift(candidates, ref_rows), drift_suite(params))
-    report_dir = storage.reports_dir / run_id / "validation"
+    report_dir = cfg.storage.reports_dir / result.run_id / "validation"
     outcome = validate_candidates({
         FRAME_EMBEDDINGS.name: (frame_checks, frame_embeddings_suite(params, tuple(frame_checks.columns))),
-        VIDEO_EMBEDDINGS.name: (with_vector_checks(video_emb), video_embeddings_suite(params)),
-        VIDEO_LABELS.name: (video_lab, video_labels_suite(params)),
+        VIDEO_EMBEDDINGS.name: (with_vector_checks(staged.video_emb), video_embeddings_suite(params)),
+        VIDEO_LABELS.name: (staged.video_lab, video_labels_suite(params)),
         **checks,
     }, report_dir, driver_max_rows=v.driver_max_rows)
     result.validation, result.report_dir = outcome, str(report_dir)
-    clock.lap("validate")
+    return outcome
 
-    if outcome.success:
-        publish_with_retries(spark, cfg, space, state, video_emb, video_lab, video_ids, run_id=run_id,
-                             txn_version=int(started.timestamp() * 1000), video_flags=video_flags,
-                             register=plan.published_frames == 0)
-        result.published = True
-    clock.lap("publish")
-    result.table_versions = _versions(spark, cfg)
-    record_lineage(spark, cfg, model, space, result, started=started)
-    # a promoted space stays promoted, so only a data root without one is read again
-    if result.published and current is None and current_space(spark, storage) is None:
-        promote(spark, storage, space.id, run_id=run_id, note="first published space")
-    delta_writer.drop_staging(staging)
-    clock.lap("lineage")
-    result.seconds = time.monotonic() - t0
-    log.info("run %s stage seconds: %s", run_id, result.stage_summary)
-    if not outcome.success:
-        raise ValidationFailed(outcome, str(report_dir))
-    return result
+
+def input_rejects(spark: SparkSession, result: EmbedResult, plan: RunPlan, staged: _Staged) -> DataFrame:
+    """One row: the share of the space's frame rows that will be bad input after this publish
+    (``space_bad_input_share``; the published rows of unaffected videos plus the affected videos'
+    next state) and this run's new bad-input frames (``run_bad_input``). Warns when every new
+    frame of the run is bad input: those are published as status rows, the run succeeds."""
+    bad = F.col("status").isin(sorted(INPUT_STATUSES))
+    state = staged.state.agg(F.count(F.lit(1)).alias("n"), F.count(F.when(bad, 1)).alias("bad")).first()
+    affected = [plan.per_video.get(v, (0, 0)) for v in staged.video_ids]
+    total = plan.published_frames - sum(a[0] for a in affected) + int(state["n"])
+    bad_total = plan.published_bad_input - sum(a[1] for a in affected) + int(state["bad"])
+    run_bad = sum(n for status, n in result.status_counts.items() if status in INPUT_STATUSES)
+    if run_bad and run_bad == result.frames_embedded:
+        message = (f"all {run_bad} new frames of this run are bad input "
+                   f"({', '.join(sorted(s for s in result.status_counts if s in INPUT_STATUSES))}): published as "
+                   f"status rows; the space's share of bad input is {bad_total}/{max(total, 1)}")
+        log.warning(message)
+        result.warnings.append(message)
+    return spark.createDataFrame(
+        [(total, bad_total, bad_total / total if total else 0.0, run_bad)],
+        "space_frames long, space_bad_input long, space_bad_input_share double, run_bad_input long")
 
 
 class _StageClock:
@@ -377,119 +494,15 @@ def in_space_id(spark: SparkSession, cfg: Config, space_id: str) -> DataFrame:
             .where(F.col("embedding_space") == space_id))
 
 
-def drift_reference(spark: SparkSession, cfg: Config, space: EmbeddingSpace, current: str | None) -> str | None:
-    """``current`` (the current space), when it is another version of the same registered model
-    with the same dimension (vectors of unrelated models are not comparable); else None."""
-    if current is None or current == space.id:
+def drift_reference(space: EmbeddingSpace, current: SpaceModel | None) -> str | None:
+    """The current space, when it is another version of the same registered model with the same
+    dimension (vectors of unrelated models are not comparable); else None."""
+    if current is None or current.space == space.id or current.model_name != space.model_name:
         return None
-    row = (spark.table(cfg.storage.qualified(FEATURE_VERSIONS.name))
-           .where(F.col("embedding_space") == current).select("model_name", "dim").first())
-    if row is None or row["model_name"] != space.model_name or row["dim"] != space.dim:
+    if not current.space.endswith(f"-d{space.dim}"):  # space ids end with the dimension
         return None
-    return current
+    return current.space
 
 
 def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
     return {t.name: delta_writer.table_version(spark, cfg.storage, t.name) for t in PUBLISHED_TABLES}
-
-
-class PublishConflict(RuntimeError):
-    """A publish kept losing commit races to concurrent publishers; the message says what to do."""
-
-
-def is_commit_conflict(exc: BaseException) -> bool:
-    """Whether ``exc`` is Delta's optimistic-concurrency failure (another writer committed first)."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    conflicts = {"ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
-                 "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
-                 "ProtocolChangedException", "DeltaConcurrentModificationException"}
-    if names & conflicts:
-        return True
-    text = str(exc)
-    return any(marker in text for marker in ("DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED",
-                                             "io.delta.exceptions.Concurrent"))
-
-
-def publish_with_retries(spark: SparkSession, cfg: Config, space: EmbeddingSpace, *args, run_id: str,
-                         **kwargs) -> int:
-    """:func:`publish_candidates`, retried when a concurrent publisher won a commit race.
-
-    A retry replays the same staged candidates with the same transaction ids, so tables whose
-    MERGE had already committed are skipped by Delta and the others are merged against the
-    winner's rows (keys stay unique: a MERGE updates matched keys instead of inserting them).
-    Returns the attempts used; raises :class:`PublishConflict` after ``publish.max_attempts``.
-    """
-    attempts, wait = cfg.publish.max_attempts, cfg.publish.retry_backoff_seconds
-    failpoints.reached("before_publish")
-    for attempt in range(1, attempts + 1):
-        try:
-            publish_candidates(spark, cfg, space, *args, run_id=run_id, **kwargs)
-            return attempt
-        except Exception as exc:  # noqa: BLE001 - only commit conflicts are retried
-            if not is_commit_conflict(exc):
-                raise
-            if attempt == attempts:
-                raise PublishConflict(
-                    f"publish of space {space.id} (run {run_id}) lost {attempts} commit races to concurrent "
-                    f"writers; nothing of this run is half-applied per table (each MERGE is atomic). Rerun "
-                    f"the job: it embeds only what is still missing. Last conflict: "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-            log.warning("publish attempt %d/%d of space %s lost a commit race (%s); retrying in %.1f s",
-                        attempt, attempts, space.id, type(exc).__name__, wait)
-            time.sleep(wait)
-            wait *= 2
-    raise AssertionError("unreachable")
-
-
-def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_state: DataFrame,
-                       video_emb: DataFrame, video_lab: DataFrame, video_ids: list[str], *, run_id: str,
-                       txn_version: int, video_flags: DataFrame | None = None, register: bool = True) -> None:
-    """One MERGE per published table: the affected videos' rows in this space become exactly the
-    staged ones (new and changed rows written, unchanged ones left alone, vanished ones deleted).
-    ``video_flags`` is None for models without flags: that table is then left alone. ``register``:
-    record the space in each table's ``catalogfs.embedding_spaces`` property (a space's first
-    publish; later ones skip that read of every table's properties).
-
-    Each MERGE carries a Delta transaction id (app ``catalogfs:<space>:<table>``, version
-    ``txn_version``): replaying the same publish is skipped by Delta instead of applied twice.
-    """
-    storage = cfg.storage
-    scope = (f"t.embedding_space = {delta_writer.sql_literal(space.id)} AND "
-             + delta_writer.scope_condition("video_id", video_ids))
-    metadata = {"run_id": run_id, "embedding_space": space.id, "model_name": space.model_name,
-                "model_version": space.model_version}
-    changed = "t.run_id <> s.run_id OR NOT (t.content_sha256 <=> s.content_sha256)"
-    with delta_writer.commit_metadata(spark, metadata):
-        merges = [(FRAME_EMBEDDINGS, frame_state, changed), (VIDEO_EMBEDDINGS, video_emb, None),
-                  (VIDEO_LABELS, video_lab, None)]
-        if video_flags is not None:
-            merges.append((VIDEO_FLAGS, video_flags, None))
-        for table, source, _ in merges:  # every source checked before the first table is touched
-            delta_writer.check_schema(table, source, qualified_name=storage.qualified(table.name))
-        if register:
-            delta_writer.register_space(spark, storage, [t.name for t, _, _ in merges], space.id)
-        for table, source, condition in merges:
-            with delta_writer.idempotent(spark, f"catalogfs:{space.id}:{table.name}", txn_version):
-                delta_writer.merge_rows(spark, storage, table, source, update_condition=condition,
-                                        delete_scope=scope)
-            failpoints.reached("publish")
-
-
-def record_lineage(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace,
-                   result: EmbedResult, *, started: datetime) -> None:
-    """Append this attempt to ``feature_versions`` (published or rejected)."""
-    outcome = result.validation
-    row = {
-        "run_id": result.run_id, "embedding_space": space.id, "model_name": model.name,
-        "model_version": model.version, "model_uri": model.uri, "preprocess_hash": space.preprocess_hash,
-        "dim": space.dim, "metric": space.metric,
-        "status": "published" if result.published else "rejected",
-        "validation_success": None if outcome is None else str(outcome.success).lower(),
-        "validation_report": result.report_dir,
-        "failed_expectations": None if outcome is None or outcome.success else json.dumps(outcome.failures),
-        "table_versions": json.dumps(result.table_versions, sort_keys=True),
-        "frames_embedded": result.frames_embedded, "note": None,
-        "started_at": started, "finished_at": datetime.now(timezone.utc),
-    }
-    df = spark.createDataFrame([row], FEATURE_VERSIONS.schema)
-    delta_writer.append_rows(spark, cfg.storage, FEATURE_VERSIONS, df)

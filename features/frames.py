@@ -3,6 +3,10 @@
 Re-extracting a video replaces its rows: changed frames are updated, new ones inserted, frames
 that no longer exist (another sample rate, a shorter re-upload) deleted. An extraction that changes
 nothing writes no commit.
+
+A video id names one file: before publishing, :func:`source_conflicts` finds the input's ids that
+the table already holds from another ``source_uri``; the job refuses those unless told to replace
+them, and a replacement rewrites ``source_uri`` even when the frames themselves are unchanged.
 """
 
 from __future__ import annotations
@@ -49,15 +53,45 @@ def frames_dataframe(spark: SparkSession, videos: Sequence[tuple[str, str]], opt
     return source.mapInPandas(extract, FRAMES.schema)
 
 
+@dataclass(frozen=True)
+class SourceConflict:
+    """An input video id whose rows in ``frames`` come from another file."""
+
+    video_id: str
+    table_uri: str
+    input_uri: str
+
+
+def source_conflicts(spark: SparkSession, storage: StorageConfig,
+                     videos: Sequence[tuple[str, str]]) -> list[SourceConflict]:
+    """The ids of ``videos`` (video_id, uri) that ``frames`` holds with a different ``source_uri``.
+
+    One small query: the table's distinct (video_id, source_uri) of the input's ids only, joined
+    with the input; only conflicts reach the driver.
+    """
+    if not videos:
+        return []
+    inputs = spark.createDataFrame(list(videos), "video_id string, input_uri string")
+    table = (spark.table(storage.qualified(FRAMES.name))
+             .where(F.col("video_id").isin([v for v, _ in videos]))
+             .select("video_id", F.col("source_uri").alias("table_uri")).distinct())
+    rows = (table.join(inputs, "video_id").where(F.col("table_uri") != F.col("input_uri"))
+            .orderBy("video_id", "table_uri").collect())
+    return [SourceConflict(r["video_id"], r["table_uri"], r["input_uri"]) for r in rows]
+
+
 def _compare(staged: DataFrame, current: DataFrame) -> tuple[dict[str, int], int]:
-    """(staged rows by status, frame keys whose row is new, gone or different), in one Spark job."""
+    """(staged rows by status, frame keys whose row is new, gone or different), in one Spark job.
+
+    A row whose ``source_uri`` changed (a file replaced by a copy elsewhere) is different too.
+    """
     keys = ["video_id", "frame_ts_ms"]
     s = staged.select(*keys, F.col("content_sha256").alias("s_sha"), F.col("status").alias("s_status"),
-                      F.lit(True).alias("in_s"))
+                      F.col("source_uri").alias("s_uri"), F.lit(True).alias("in_s"))
     c = current.select(*keys, F.col("content_sha256").alias("c_sha"), F.col("status").alias("c_status"),
-                       F.lit(True).alias("in_c"))
+                       F.col("source_uri").alias("c_uri"), F.lit(True).alias("in_c"))
     differs = (F.col("in_s").isNull() | F.col("in_c").isNull() | ~F.col("s_sha").eqNullSafe(F.col("c_sha"))
-               | ~F.col("s_status").eqNullSafe(F.col("c_status")))
+               | ~F.col("s_status").eqNullSafe(F.col("c_status")) | ~F.col("s_uri").eqNullSafe(F.col("c_uri")))
     rows = (s.join(c, keys, "full_outer")
             .groupBy(F.col("s_status").alias("status"))
             .agg(F.count("in_s").alias("staged"), F.count(F.when(differs, 1)).alias("changed"))
@@ -75,7 +109,8 @@ def publish_frames(spark: SparkSession, storage: StorageConfig, staged: DataFram
         with delta_writer.commit_metadata(spark, {"run_id": run_id, "job": "extract_frames"}):
             delta_writer.merge_rows(
                 spark, storage, FRAMES, staged,
-                update_condition="NOT (t.content_sha256 <=> s.content_sha256) OR t.status <> s.status",
+                update_condition=("NOT (t.content_sha256 <=> s.content_sha256) OR t.status <> s.status"
+                                  " OR t.source_uri <> s.source_uri"),
                 delete_scope=delta_writer.scope_condition("video_id", list(video_ids)),
             )
     return FramesPublish(

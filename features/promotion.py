@@ -53,9 +53,26 @@ def published_spaces(spark: SparkSession, storage: StorageConfig) -> list[str]:
     return [r["embedding_space"] for r in rows]
 
 
+@dataclass(frozen=True)
+class SpaceModel:
+    """The registered model version a published space was made by."""
+
+    space: str
+    model_name: str
+    model_version: str
+
+
+def space_model(spark: SparkSession, storage: StorageConfig, space_id: str) -> SpaceModel | None:
+    """Model name and version of a published space (from its newest ``published`` lineage row)."""
+    row = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == "published"))
+           .orderBy(F.desc("finished_at")).select("model_name", "model_version").first())
+    return None if row is None else SpaceModel(space_id, row["model_name"], row["model_version"])
+
+
 def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_id: str,
-            note: str = "promoted") -> None:
-    """Point the ``current_*`` views at ``space_id`` and record the promotion."""
+            note: str = "promoted") -> SpaceModel:
+    """Point the ``current_*`` views at ``space_id`` and record the promotion; returns the space's
+    model version (the caller moves the registry's serving alias to it, see ``jobs/spaces.py``)."""
     if space_id not in published_spaces(spark, storage):
         raise PromotionError(f"space {space_id!r} has never been published; published spaces: "
                              f"{published_spaces(spark, storage)}")
@@ -68,6 +85,19 @@ def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_i
     delta_writer.append_rows(spark, storage, FEATURE_VERSIONS,
                              spark.createDataFrame([row], FEATURE_VERSIONS.schema))
     log.info("current space is now %s (%s)", space_id, note)
+    return SpaceModel(space_id, row["model_name"], row["model_version"])
+
+
+def rollback_target(spark: SparkSession, storage: StorageConfig) -> tuple[str, str]:
+    """(current space, the space that was current before it), or :class:`PromotionError`."""
+    history = promotion_history(spark, storage)
+    if len(history) < 2:
+        raise PromotionError("nothing to roll back to: fewer than two promotions recorded")
+    current = history[-1]
+    previous = next((s for s in reversed(history[:-1]) if s != current), None)
+    if previous is None:
+        raise PromotionError(f"every earlier promotion was of {current!r}: nothing to roll back to")
+    return current, previous
 
 
 def _create_views(spark: SparkSession, storage: StorageConfig, space_id: str, views: dict[str, str]) -> None:
@@ -102,13 +132,7 @@ def refresh_current_views(spark: SparkSession, storage: StorageConfig) -> list[s
 
 def rollback(spark: SparkSession, storage: StorageConfig, *, run_id: str) -> str:
     """Promote again the space that was current before the current one; returns it."""
-    history = promotion_history(spark, storage)
-    if len(history) < 2:
-        raise PromotionError("nothing to roll back to: fewer than two promotions recorded")
-    current = history[-1]
-    previous = next((s for s in reversed(history[:-1]) if s != current), None)
-    if previous is None:
-        raise PromotionError(f"every earlier promotion was of {current!r}: nothing to roll back to")
+    current, previous = rollback_target(spark, storage)
     promote(spark, storage, previous, run_id=run_id, note=f"rollback from {current}")
     return previous
 

@@ -10,19 +10,30 @@ Statuses of a status row: ``video_empty`` (0 bytes), ``video_unreadable`` (missi
 whose boxes run past the end of the file, a decode error after some frames, or frames ending well
 before the declared duration), ``no_video_stream`` (e.g. audio only), ``unsupported_codec`` (no
 decoder for the video stream's codec in this FFmpeg build), ``video_undecodable`` (the decoder
-fails before any frame), ``no_frames`` (decoding ends without a frame).
+fails before any frame), ``no_frames`` (decoding ends without a frame), ``video_too_large`` (the
+video stream's header declares a frame of more than ``max_video_pixels`` pixels) and
+``video_too_long`` (the stream, or else the container, declares more than ``max_video_seconds``);
+the last two are decided from the header right after opening, before a single frame is decoded.
+
+Inputs (:func:`scan_videos`, :func:`read_manifest`): a video's id is its path relative to the
+input root without the extension (``news/2024/clip`` for ``<root>/news/2024/clip.mp4``), in Unicode
+NFC, spaces and non-ASCII letters kept; two files with one id are an error, never an overwrite.
+Files that are not taken (extension not listed, hidden, partial uploads) are counted and named.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import io
 import os
-import re
 import struct
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import takewhile
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +47,15 @@ STATUS_VIDEO_EMPTY = "video_empty"
 STATUS_NOT_A_VIDEO = "not_a_video"
 STATUS_UNSUPPORTED_CODEC = "unsupported_codec"
 STATUS_VIDEO_UNDECODABLE = "video_undecodable"
+STATUS_VIDEO_TOO_LARGE = "video_too_large"
+STATUS_VIDEO_TOO_LONG = "video_too_long"
+# Why an input file was not taken (SkippedFiles.reasons).
+SKIP_EXTENSION = "not in extract.extensions"
+SKIP_HIDDEN = "hidden"
+SKIP_PARTIAL = "partial upload"
+SKIP_NOT_A_FILE = "not a regular file"
+_SKIP_EXAMPLES = 5
+_GLOB_MAGIC = ("*", "?", "[")
 # Demuxers of single still images: FFmpeg opens a JPEG or PNG as a one-frame "video".
 _IMAGE_DEMUXERS = ("image2",)
 # A decode that stops this much (and at least 3 frame intervals) before the declared end is a truncation.
@@ -48,32 +68,210 @@ class ExtractOptions:
     max_side: int = 640
     jpeg_quality: int = 90
     max_frames: int = 3600
+    max_video_pixels: int = 7680 * 4320  # 8K; width*height declared by the video stream
+    max_video_seconds: float = 6 * 3600.0  # declared duration
 
 
-def video_id_for(path: str) -> str:
-    """A video id from a file name: its stem, with anything but [A-Za-z0-9_.-] replaced by '_'."""
-    stem = Path(path).stem
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "video"
+@dataclass(frozen=True)
+class SkippedFiles:
+    """Input files an extraction did not take: how many for each reason, and a few of them (paths
+    relative to the input root), so that nothing is left out without a word."""
+
+    reasons: tuple[tuple[str, int], ...] = ()  # (reason, count), most frequent first
+    examples: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n in self.reasons)
+
+    def describe(self) -> str:
+        """``skipped 2 files (not in extract.extensions): e.g. a.gif, b.txt``; empty when none."""
+        if not self.count:
+            return ""
+        if len(self.reasons) == 1:
+            why = self.reasons[0][0]
+        else:
+            why = ", ".join(f"{n} {reason}" for reason, n in self.reasons)
+        files = "file" if self.count == 1 else "files"
+        return f"skipped {self.count} {files} ({why}): e.g. {', '.join(self.examples)}"
 
 
-def list_videos(pattern: str) -> list[tuple[str, str]]:
-    """(video_id, uri) for every video in a folder or matching a glob, sorted by path.
+@dataclass(frozen=True)
+class VideoListing:
+    """What an input folder or glob holds: (video_id, uri) sorted by id, and the files skipped."""
 
-    Raises ValueError when two files would get the same video id.
+    videos: tuple[tuple[str, str], ...]
+    skipped: SkippedFiles = SkippedFiles()
+
+
+def normalise_video_id(raw: str, *, what: str) -> str:
+    """``raw`` as a video id: Unicode NFC, otherwise unchanged (spaces, accents, ``/`` kept).
+
+    Raises ValueError naming ``what`` (the file, or the manifest line) for text that is not valid
+    UTF-8, for control characters and line separators (invisible in listings, they break log
+    lines) and for an empty id.
     """
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in raw):  # how Python reads bytes that are not UTF-8
+        raise ValueError(f"{what}: its name is not valid UTF-8; rename it (or set its id in a --manifest)")
+    vid = unicodedata.normalize("NFC", raw)
+    bad = next((c for c in vid if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ValueError(f"{what}: video id {vid!r} has control character U+{ord(bad):04X}; "
+                         f"rename it (or set its id in a --manifest)")
+    if not vid.strip():
+        raise ValueError(f"{what}: empty video id; rename it (or set its id in a --manifest)")
+    return vid
+
+
+def video_id_for(path: str | Path, root: str | Path | None = None) -> str:
+    """The video id of a file: its path relative to the input ``root`` (default: its own folder,
+    i.e. its stem), without the extension, ``/`` between folders, normalised by
+    :func:`normalise_video_id` (ValueError naming the file)."""
+    absolute = Path(os.path.abspath(path))
+    relative = absolute.relative_to(os.path.abspath(root)) if root is not None else Path(absolute.name)
+    raw = "/".join((*relative.parts[:-1], relative.stem))
+    return normalise_video_id(raw, what=f"input file {str(path)!r}")
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard (``/v/*/x/*.mp4`` → ``/v``)."""
+    fixed = list(takewhile(lambda part: not any(m in part for m in _GLOB_MAGIC), Path(pattern).parts))
+    return Path(os.path.abspath(Path(*fixed) if fixed else "."))
+
+
+def _printable(name: str) -> str:
+    """``name`` for a log line or the summary: control characters and bytes that are not UTF-8
+    (which Python reads as surrogates) escaped as ``\\xNN``, everything else as it is."""
+    def escape(c: str) -> str:
+        code = ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else ord(c)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return "".join(escape(c) if unicodedata.category(c) in ("Cc", "Cs") else c for c in name)
+
+
+def _input_files(pattern: str) -> tuple[Path, list[Path]]:
+    """(input root, every non-folder entry under a folder / matching a glob / the one file), sorted."""
     path = Path(pattern)
     if path.is_dir():
-        files = [p for p in sorted(path.rglob("*")) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
-    else:
-        files = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if Path(p).is_file()]
-    files = [p for p in files if not p.name.endswith(".part.mp4")]
-    seen: dict[str, str] = {}
-    for p in files:
-        vid = video_id_for(str(p))
+        root = Path(os.path.abspath(path))
+        return root, [p for p in sorted(root.rglob("*")) if not p.is_dir()]
+    if path.is_file():  # a file named exactly (even with [ ] in its name): its id is its stem
+        return Path(os.path.abspath(path.parent)), [Path(os.path.abspath(path))]
+    matches = sorted(glob.glob(pattern, recursive=True, include_hidden=True))
+    return _glob_root(pattern), [Path(os.path.abspath(p)) for p in matches if not os.path.isdir(p)]
+
+
+def _skip_reason(path: Path, root: Path, extensions: tuple[str, ...]) -> str | None:
+    """Why ``path`` is not taken as a video, or None to take it."""
+    if any(part.startswith(".") for part in path.relative_to(root).parts):
+        return SKIP_HIDDEN
+    if path.suffix.lower() not in extensions:
+        return SKIP_EXTENSION
+    if path.stem.lower().endswith(".part"):  # clip.part.mp4: an upload still being written
+        return SKIP_PARTIAL
+    if not path.is_file():  # a dangling link, a pipe (FFmpeg would wait on it forever)
+        return SKIP_NOT_A_FILE
+    return None
+
+
+def _skipped_summary(skipped: list[tuple[str, str]]) -> SkippedFiles:
+    """Counts by reason and up to five examples, taken in turn from each reason's first files."""
+    counts = Counter(reason for reason, _ in skipped)
+    by_reason: dict[str, list[str]] = {}
+    for reason, name in skipped:
+        if len(by_reason.setdefault(reason, [])) < _SKIP_EXAMPLES:
+            by_reason[reason].append(name)
+    examples: list[str] = []
+    for i in range(_SKIP_EXAMPLES):
+        examples += [names[i] for names in by_reason.values() if i < len(names)]
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return SkippedFiles(reasons=tuple(ordered), examples=tuple(examples[:_SKIP_EXAMPLES]))
+
+
+def scan_videos(pattern: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> VideoListing:
+    """The videos in a folder (recursively), matching a glob, or one file, and the files skipped.
+
+    Ids are paths relative to the input root (:func:`video_id_for`): the folder, the part of a
+    glob before its first wildcard, or a single file's folder. Raises ValueError for a file whose
+    id is not valid, and when two files would get the same id.
+    """
+    root, candidates = _input_files(pattern)
+    wanted = tuple(e.lower() for e in extensions)
+    seen: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
+    for path in candidates:
+        reason = _skip_reason(path, root, wanted)
+        if reason:
+            skipped.append((reason, _printable(path.relative_to(root).as_posix())))
+            continue
+        vid = video_id_for(path, root)
         if vid in seen:
-            raise ValueError(f"two inputs map to video id {vid!r}: {seen[vid]} and {p}; rename one")
-        seen[vid] = str(p.resolve())
-    return sorted(seen.items())
+            raise ValueError(f"two inputs map to video id {vid!r}: {seen[vid]} and {path}; "
+                             f"rename one, or give each its own id in a --manifest")
+        seen[vid] = path
+    videos = tuple(sorted((vid, str(p.resolve())) for vid, p in seen.items()))
+    return VideoListing(videos=videos, skipped=_skipped_summary(skipped))
+
+
+def list_videos(pattern: str, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[tuple[str, str]]:
+    """(video_id, uri) for every video of :func:`scan_videos`, sorted by id (ValueError as there)."""
+    return list(scan_videos(pattern, extensions).videos)
+
+
+def _manifest_uri(uri: str, folder: Path) -> str:
+    """A manifest's uri: URLs as written, local paths resolved against the manifest's folder."""
+    if "://" in uri:
+        return uri
+    return str((folder / Path(uri).expanduser()).resolve())
+
+
+def read_manifest(path: str | Path) -> list[tuple[str, str]]:
+    """(video_id, uri) from a CSV file whose header names the columns ``video_id`` and ``uri``
+    (other columns ignored; cells stripped; blank lines skipped), in file order.
+
+    A relative uri is relative to the manifest's folder. Ids are normalised like file ids
+    (:func:`normalise_video_id`). Raises ValueError, naming the file and line, for a missing or
+    unreadable file, a header without those columns, an empty uri, a bad or repeated id.
+    """
+    manifest = Path(path)
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            return _manifest_rows(csv.reader(handle), manifest)
+    except OSError as exc:
+        raise ValueError(f"manifest {manifest}: cannot read it ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"manifest {manifest}: not UTF-8 text (byte {exc.start})") from exc
+    except csv.Error as exc:
+        raise ValueError(f"manifest {manifest}: not valid CSV ({exc})") from exc
+
+
+def _manifest_rows(reader, manifest: Path) -> list[tuple[str, str]]:
+    """The rows of :func:`read_manifest` from its ``csv.reader``, checked one by one."""
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"manifest {manifest} is empty; expected a header row video_id,uri")
+    names = [h.strip().lower() for h in header]
+    if "video_id" not in names or "uri" not in names:
+        raise ValueError(f"manifest {manifest}: header must name the columns video_id,uri "
+                         f"(got {','.join(h.strip() for h in header)})")
+    id_col, uri_col = names.index("video_id"), names.index("uri")
+    rows: list[tuple[str, str]] = []
+    first_line: dict[str, int] = {}
+    for cells in reader:
+        line = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        cells = [c.strip() for c in cells] + [""] * len(names)
+        where = f"manifest {manifest} line {line}"
+        vid = normalise_video_id(cells[id_col], what=where)
+        if not cells[uri_col]:
+            raise ValueError(f"{where}: no uri for video id {vid!r}")
+        if vid in first_line:
+            raise ValueError(f"{where}: video id {vid!r} is also on line {first_line[vid]}; "
+                             f"give each file its own id")
+        first_line[vid] = line
+        rows.append((vid, _manifest_uri(cells[uri_col], manifest.parent)))
+    return rows
 
 
 def _status_row(video_id: str, uri: str, status: str, error: str, now: datetime) -> dict:
@@ -142,6 +340,33 @@ def _declared_end_ms(container, stream) -> float | None:
     return None
 
 
+def _declared_seconds(container, stream) -> float | None:
+    """Duration the header declares: the video stream's, else the container's; None when unknown."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _over_bounds(container, stream, options: ExtractOptions) -> tuple[str, str] | None:
+    """(status, error) when the header declares a frame or a duration past the bounds, else None.
+
+    Read from the header right after opening, so a huge video costs no decoding at all.
+    """
+    width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+    if width * height > options.max_video_pixels:
+        return (STATUS_VIDEO_TOO_LARGE,
+                f"the video stream is {width}x{height} = {width * height:,} pixels a frame, "
+                f"over extract.max_video_pixels = {options.max_video_pixels:,}")
+    seconds = _declared_seconds(container, stream)
+    if seconds is not None and seconds > options.max_video_seconds:
+        return (STATUS_VIDEO_TOO_LONG,
+                f"the video declares {seconds:,.1f} s, "
+                f"over extract.max_video_seconds = {options.max_video_seconds:g} s")
+    return None
+
+
 def _open_failure(uri: str, exc: Exception) -> tuple[str, str]:
     """(status, error) for a file FFmpeg could not open."""
     import av
@@ -196,6 +421,10 @@ def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
             yield _status_row(video_id, uri, STATUS_UNSUPPORTED_CODEC,
                               f"no decoder in this FFmpeg build for the codec of the video stream ({format_name} container)",
                               now)
+            return
+        over = _over_bounds(container, stream, options)
+        if over:
+            yield _status_row(video_id, uri, *over, now)
             return
         stream.thread_type = "AUTO"
         next_ms, last_ms = 0.0, None

@@ -3,8 +3,10 @@
     spark-submit jobs/embed_frames.py --conf conf/local.yaml
     catalogfs embed
 
-The model is ``models:/<model.name>@<model.alias>`` from the MLflow registry, resolved once here
-on the driver; every row written names the concrete version.
+The model is ``models:/<model.name>@<model.alias>`` from the MLflow registry (the serving alias),
+or ``--model NAME@ALIAS|NAME/VERSION`` for a backfill in shadow; resolved once here on the driver,
+strictly (a name, alias or version that does not exist is exit code 4, naming what does); every
+row written names the concrete version.
 """
 
 from __future__ import annotations
@@ -20,37 +22,40 @@ from catalogfs.job_main import InputError, run_main
 from catalogfs.tracking import job_run
 from features.embedding_run import EmbedResult, ValidationFailed, run_embedding
 from features.tables import FRAMES
-from udfs.model_registry import ensure_default_model, resolve_model
+from udfs.model_registry import ModelRef, ensure_default_model, resolve_model
 
 log = logging.getLogger(__name__)
 
 
 def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
-    """Embed new frames with ``model`` (``NAME@ALIAS``; default: model.name@model.alias)."""
+    """Embed new frames with the serving model ``model.name@model.alias`` (the scheduled run: its
+    space becomes current once published, see :func:`features.embedding_run.settle_current`), or
+    with ``model`` (``NAME@ALIAS`` or ``NAME/VERSION``: a backfill in shadow, never made current)."""
     import mlflow
     from mlflow import MlflowClient
 
     if model:
-        name, sep, alias = model.removeprefix("models:/").partition("@")
-        if not sep or not name or not alias:
-            raise ConfigError(f"--model {model!r}: expected NAME@ALIAS")
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": name, "alias": alias})})
+        try:
+            ref = ModelRef.parse(model)
+        except ValueError as exc:
+            raise ConfigError(f"--model {exc}") from None
+    else:
+        ref = ModelRef(cfg.model.name, alias=cfg.model.alias)
 
     if not spark.catalog.tableExists(cfg.storage.qualified(FRAMES.name)):
         raise InputError(f"table {cfg.storage.qualified(FRAMES.name)} does not exist: "
                          f"run `catalogfs extract-frames` first")
     with job_run(cfg, "embed_frames") as run_info:
         client = MlflowClient()
-        if cfg.model.register_default:
+        if not model and cfg.model.register_default:  # the bundled default, only under the configured name
             ensure_default_model(client, cfg.model.name, cfg.model.alias,
                                  experiment_id=run_info.info.experiment_id)
-        model = resolve_model(client, cfg.model.name, cfg.model.alias,
-                              cache_dir=cfg.storage.model_cache_dir)
-        log.info("resolved %s to version %s", cfg.model.uri, model.version)
-        mlflow.set_tags({"model.name": model.name, "model.version": model.version,
-                         "embedding_space": f"{model.name}@{model.version}"})
+        resolved = resolve_model(client, ref, cache_dir=cfg.storage.model_cache_dir)
+        log.info("resolved %s to version %s", ref, resolved.version)
+        mlflow.set_tags({"model.name": resolved.name, "model.version": resolved.version,
+                         "embedding_space": f"{resolved.name}@{resolved.version}"})
         try:
-            result = run_embedding(spark, cfg, model, run_id=run_info.info.run_id)
+            result = run_embedding(spark, cfg, resolved, run_id=run_info.info.run_id, serve=not model)
         except ValidationFailed as exc:
             mlflow.set_tag("validation", "failed")
             mlflow.log_artifacts(exc.report_dir, artifact_path="validation")
@@ -58,6 +63,7 @@ def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
         result.report_html = str(write_run_report(spark, cfg, result))
         mlflow.log_artifacts(str(Path(result.report_html).parent), artifact_path="report")
         mlflow.set_tag("embedding_space", result.space.id)
+        mlflow.set_tag("current_space", str(result.current_space))
         mlflow.log_metrics({
             "frames_total": result.frames_total, "frames_embedded": result.frames_embedded,
             "forward_passes": result.forward_passes, "frames_per_second": result.frames_per_second,
@@ -83,6 +89,14 @@ def print_result(result: EmbedResult, cfg: Config) -> None:
           f"{result.frames_per_second:.1f} frames/s; "
           + ("published" if result.published else "nothing new to publish")
           + f"; table versions {result.table_versions}")
+    if not result.is_current:
+        print(f"embed_frames: space {result.space.id} is in shadow (current space: "
+              f"{result.current_space or 'none'}): consumers do not read it until "
+              f"`catalogfs spaces promote {result.space.id}`")
+    for run in result.recovered_runs:
+        print(f"embed_frames: recovered the lineage of run {run}, which stopped before writing it")
+    for warning in result.warnings:
+        print(f"embed_frames: warning: {warning}")
     print(f"embed_frames: run report: {result.report_html}")
     if result.report_dir:
         print(f"embed_frames: validation {result.validation.summary}; report: {result.report_dir}")
@@ -91,9 +105,9 @@ def print_result(result: EmbedResult, cfg: Config) -> None:
 
 
 def _arguments(parser) -> None:
-    parser.add_argument("--model", default=None, metavar="NAME@ALIAS",
-                        help="registered model to use instead of model.name@model.alias "
-                             "(e.g. a challenger backfilled beside the current space)")
+    parser.add_argument("--model", default=None, metavar="NAME@ALIAS|NAME/VERSION",
+                        help="registered model to use instead of the serving model.name@model.alias: a "
+                             "backfill beside the current space (shadow), e.g. clip_b32@challenger or clip_b32/2")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

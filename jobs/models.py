@@ -2,7 +2,9 @@
 
     catalogfs models register --from DIR --name NAME [--alias challenger] [--taxonomy conf/taxonomies/x.yaml]
                               [--flags flags.yaml]
-    catalogfs models promote NAME VERSION [--alias champion]   (move an alias to a version)
+    catalogfs models promote NAME VERSION [--alias champion]   (move an alias to a version; moving
+                                                               the serving alias model.name@model.alias
+                                                               makes the next embed run serve it)
     catalogfs models alias NAME VERSION ALIAS                  (the same, alias given positionally)
     catalogfs models list [NAME]
 
@@ -95,7 +97,7 @@ def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | No
     from mlflow.exceptions import MlflowException
 
     from catalogfs.tracking import configure_mlflow
-    from udfs.model_registry import register_bundle
+    from udfs.model_registry import describe_registry, is_not_found, register_bundle, registry_call, set_alias
 
     experiment_id = configure_mlflow(cfg)
     client = MlflowClient()
@@ -113,11 +115,18 @@ def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | No
             raise InputError("promote needs NAME VERSION [--alias ALIAS] (alias: NAME VERSION ALIAS)")
         model_name, version, target = args
         try:
-            client.get_model_version(model_name, version)
+            registry_call(client.get_model_version, model_name, version, what=f"reading models:/{model_name}/{version}")
         except MlflowException as exc:
-            raise InputError(f"models:/{model_name}/{version} is not in the registry") from exc
-        client.set_registered_model_alias(model_name, target, version)
-        return [f"{model_name}@{target} → version {version}"]
+            if not is_not_found(exc):
+                raise
+            raise InputError(f"models:/{model_name}/{version} is not in the registry: "
+                             f"{describe_registry(client, model_name)}") from None
+        set_alias(client, model_name, target, version)
+        lines = [f"{model_name}@{target} → version {version}"]
+        if (model_name, target) == (cfg.model.name, cfg.model.alias):  # the serving alias
+            lines.append(f"the scheduled `catalogfs embed` now maintains version {version}; the current_* views "
+                         f"switch to its space when that run has published it (validated)")
+        return lines
     lines = []
     for model in client.search_registered_models():
         if args and model.name not in args:
@@ -134,7 +143,9 @@ def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | No
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from catalogfs.job_main import EXIT_CONFIG, EXIT_INPUT, EXIT_OK, add_common_arguments, config_from_args, setup_logging
+    from catalogfs.job_main import (EXIT_CONFIG, EXIT_INPUT, EXIT_OK, EXIT_UNAVAILABLE, add_common_arguments,
+                                    config_from_args, setup_logging)
+    from udfs.model_registry import RegistryUnavailable
 
     parser = argparse.ArgumentParser(prog="catalogfs models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"catalogfs models: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except RegistryUnavailable as exc:
+        print(f"catalogfs models: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@
 
 A new model version is backfilled beside the current space (shadow) with
 ``catalogfs embed --model NAME@ALIAS``; consumers keep reading ``current_*`` views until promote.
+
+One promote: the catalogue serves ``models:/<model.name>@<model.alias>`` (the *serving alias*,
+``champion`` by default) and the scheduled ``catalogfs embed`` maintains that version's space.
+Promoting a space moves the serving alias to the space's model version first, then the views, so
+the next scheduled run embeds new uploads into the space consumers read; ``catalogfs models
+promote`` moves the same alias and the views follow at the next run (:mod:`features.embedding_run`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,34 @@ from typing import Sequence
 from catalogfs.config import Config
 from catalogfs.job_main import InputError, run_main
 from features import promotion
+
+
+def serve_space(spark, cfg: Config, space_id: str, *, run_id: str, note: str = "promoted") -> promotion.SpaceModel:
+    """Make ``space_id`` current: the serving alias moves to its model version, then the views.
+
+    Alias first: if the views step fails, the next scheduled embed finds the alias on a published
+    space that is not current and completes the promotion; the other order could let a registry
+    error turn a promotion back. A space of another model than ``model.name`` is refused: the
+    scheduled embed (which serves ``model.name``) would never maintain it.
+    """
+    from mlflow import MlflowClient
+
+    from catalogfs.tracking import configure_mlflow
+    from udfs.model_registry import set_alias
+
+    owner = promotion.space_model(spark, cfg.storage, space_id)
+    if owner is None:
+        raise promotion.PromotionError(f"space {space_id!r} has never been published; published spaces: "
+                                       f"{promotion.published_spaces(spark, cfg.storage)}")
+    if owner.model_name != cfg.model.name:
+        raise promotion.PromotionError(
+            f"space {space_id!r} was made by model {owner.model_name!r}, but this catalogue serves "
+            f"model.name={cfg.model.name!r}: the scheduled embed would not maintain it. Set model.name: "
+            f"{owner.model_name} in the config the scheduled job uses (or --set model.name={owner.model_name}), "
+            f"then promote again")
+    configure_mlflow(cfg)
+    set_alias(MlflowClient(), owner.model_name, cfg.model.alias, owner.model_version)
+    return promotion.promote(spark, cfg.storage, space_id, run_id=run_id, note=note)
 
 
 def run(spark, cfg: Config, *, action: str, spaces: list[str], k: int = 10, as_json: bool = False):
@@ -34,13 +68,19 @@ def run(spark, cfg: Config, *, action: str, spaces: list[str], k: int = 10, as_j
         if action == "promote":
             if len(spaces) != 1:
                 raise InputError("promote needs one space id")
-            promotion.promote(spark, storage, spaces[0], run_id=run_id)
-            return action, {"current": spaces[0]}, as_json
+            served = serve_space(spark, cfg, spaces[0], run_id=run_id)
+            return action, {"current": spaces[0], "serving": _serving(cfg, served)}, as_json
         if action == "rollback":
-            return action, {"current": promotion.rollback(spark, storage, run_id=run_id)}, as_json
+            current, previous = promotion.rollback_target(spark, storage)
+            served = serve_space(spark, cfg, previous, run_id=run_id, note=f"rollback from {current}")
+            return action, {"current": previous, "serving": _serving(cfg, served)}, as_json
     except promotion.PromotionError as exc:
         raise InputError(str(exc)) from exc
     raise InputError(f"unknown action {action!r}")
+
+
+def _serving(cfg: Config, served: promotion.SpaceModel) -> str:
+    return f"models:/{served.model_name}@{cfg.model.alias} → version {served.model_version}"
 
 
 def print_result(result, cfg: Config) -> None:

@@ -105,7 +105,13 @@ def test_lineage_and_mlflow_run(spark, e2e):
     assert [(r.status, r.note) for r in rows] == [("published", None), ("promoted", "first published space")]
     row = rows[0]
     assert (row.status, row.validation_success, row.model_version) == ("published", "true", "1")
-    assert json.loads(row.table_versions) == embedded.table_versions
+    # the versions of this run's own commits (no flags model: video_flags untouched), each a MERGE of this run
+    assert json.loads(row.table_versions) == embedded.written_versions
+    assert set(embedded.written_versions) == {"frame_embeddings", "video_embeddings", "video_labels"}
+    for table, version in embedded.written_versions.items():
+        assert embedded.table_versions[table] == version
+        commit = spark.sql(f"DESCRIBE HISTORY {cfg.storage.qualified(table)}").where(f"version = {version}").first()
+        assert commit.operation == "MERGE" and json.loads(commit.userMetadata)["run_id"] == embedded.run_id
     assert row.validation_report and (cfg.storage.data_root / row.validation_report).exists()
     run = mlflow.get_run(embedded.run_id)
     assert run.data.metrics["frames_embedded"] == 5

@@ -329,9 +329,9 @@ def test_missing_input_table_and_bad_inputs_exit_4(spark, cfg, tmp_path, capsys)
     (tmp_path / "none").mkdir()
     assert cli.main(["extract-frames", *overrides, "--input", str(tmp_path / "none")]) == 4
     assert "no videos found" in _error_line(capsys.readouterr().err, "extract_frames")
-    for sub in ("a", "b"):
-        (tmp_path / "dup" / sub).mkdir(parents=True)
-        (tmp_path / "dup" / sub / "clip.mp4").write_bytes(b"x")
+    (tmp_path / "dup").mkdir()
+    for name in ("clip.mp4", "clip.mov"):  # files in subfolders get ids of their own (a/clip, b/clip)
+        (tmp_path / "dup" / name).write_bytes(b"x")
     assert cli.main(["extract-frames", *overrides, "--input", str(tmp_path / "dup")]) == 4
     assert "two inputs map to video id 'clip'" in _error_line(capsys.readouterr().err, "extract_frames")
     assert cli.main(["embed", *overrides, "--model", "no_alias_given"]) == 2

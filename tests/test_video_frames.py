@@ -107,12 +107,76 @@ def test_mp4_truncation_reads_the_box_structure(bad_videos, cat_video, tmp_path)
     assert "no 'moov' box" in mp4_truncation(str(no_index))
 
 
-def test_list_videos_ids_and_duplicates(tmp_path):
+def test_list_videos_ids_keep_the_folders(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "clip one.mp4").write_bytes(b"x")
     (tmp_path / "a" / "notes.txt").write_text("not a video")
-    assert list_videos(str(tmp_path)) == [("clip_one", str((tmp_path / "a" / "clip one.mp4").resolve()))]
+    assert list_videos(str(tmp_path)) == [("a/clip one", str((tmp_path / "a" / "clip one.mp4").resolve()))]
     (tmp_path / "b" / "clip one.mp4").write_bytes(b"y")
-    with pytest.raises(ValueError, match="clip_one"):
+    assert [vid for vid, _ in list_videos(str(tmp_path))] == ["a/clip one", "b/clip one"]
+    (tmp_path / "a" / "clip one.mov").write_bytes(b"z")
+    with pytest.raises(ValueError, match="two inputs map to video id 'a/clip one'"):
         list_videos(str(tmp_path))
+
+
+# ---------------------------------------------------------------- bounds read from the header
+
+@pytest.mark.parametrize("bounds, status, error", [
+    ({"max_video_pixels": 320 * 180 - 1}, "video_too_large",
+     "the video stream is 320x180 = 57,600 pixels a frame, over extract.max_video_pixels = 57,599"),
+    ({"max_video_seconds": 2.5}, "video_too_long",
+     "the video declares 3.0 s, over extract.max_video_seconds = 2.5 s"),
+])
+def test_bounds_from_the_header_refuse_before_decoding(cat_video, monkeypatch, bounds, status, error):
+    """Past a bound: one status row and not a single frame decoded (decode is never called)."""
+    import av
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded a video past its bounds")
+
+    opened = []
+    real_open = av.open
+
+    def spy_open(*args, **kwargs):
+        container = real_open(*args, **kwargs)
+        opened.append(container)
+        return _NoDecode(container, no_decode)
+
+    monkeypatch.setattr(av, "open", spy_open)
+    rows = list(extract_video_frames("cat", str(cat_video), ExtractOptions(**bounds)))
+    assert len(opened) == 1
+    assert [(r["status"], r["frame_ts_ms"], r["frame_index"], r["image"], r["error"]) for r in rows] == [
+        (status, -1, -1, None, error)]
+
+
+def test_bounds_at_the_limit_extract_every_frame(cat_video):
+    at_limit = ExtractOptions(max_video_pixels=320 * 180, max_video_seconds=3.0)
+    rows = list(extract_video_frames("cat", str(cat_video), at_limit))
+    assert [(r["status"], r["frame_ts_ms"]) for r in rows] == [("ok", 0), ("ok", 1000), ("ok", 2000)]
+
+
+def test_default_bounds_are_8k_and_6_hours_and_reach_the_options(cfg):
+    from jobs.extract_frames import extract_options
+
+    assert (cfg.extract.max_video_pixels, cfg.extract.max_video_seconds) == (7680 * 4320, 6 * 3600)
+    assert ExtractOptions() == extract_options(cfg)
+    narrow = cfg.model_copy(update={"extract": cfg.extract.model_copy(
+        update={"max_video_pixels": 100, "max_video_seconds": 1.5, "sample_fps": 2.0})})
+    assert extract_options(narrow) == ExtractOptions(sample_fps=2.0, max_video_pixels=100, max_video_seconds=1.5)
+
+
+class _NoDecode:
+    """A PyAV container whose ``decode`` fails the test; everything else is the real container's."""
+
+    def __init__(self, container, decode):
+        self._container, self.decode = container, decode
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._container.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -149,18 +150,105 @@ def register_bundle(client, name: str, bundle_dir: Path, *, alias: str | None,
     return str(version)
 
 
-def ensure_default_model(client, name: str, alias: str, *, experiment_id: str) -> str | None:
-    """Register the bundled EfficientNet-Lite0 as ``name@alias`` unless that alias exists.
+class RegistryUnavailable(RuntimeError):
+    """The registry kept failing (locked database, HTTP 5xx, network) after bounded retries."""
 
-    Returns the new version, or None when nothing had to be registered.
-    """
-    from mlflow.exceptions import MlflowException
 
+@dataclass(frozen=True)
+class ModelRef:
+    """What a job asks the registry for: ``name@alias`` or ``name/version``."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelRef":
+        """``NAME@ALIAS``, ``NAME/VERSION`` (each optionally prefixed ``models:/``); ValueError otherwise."""
+        body = text.strip().removeprefix("models:/")
+        name, sep, alias = body.partition("@")
+        if sep and name and alias and "/" not in name:
+            return cls(name=name, alias=alias)
+        name, sep, version = body.rpartition("/")
+        if sep and name and version.isdigit() and "@" not in body:
+            return cls(name=name, version=version)
+        raise ValueError(f"{text!r}: expected NAME@ALIAS or NAME/VERSION (e.g. clip_b32@challenger, clip_b32/2)")
+
+    def __str__(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+REGISTRY_ATTEMPTS = 4
+REGISTRY_BACKOFF_SECONDS = 0.5
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether an MLflow error says the model, version or alias does not exist (the only registry
+    error that means "missing"; everything else may be transient and is retried)."""
+    code = str(getattr(exc, "error_code", ""))
+    if "RESOURCE_DOES_NOT_EXIST" in code:
+        return True
+    text = str(exc).lower()
+    return "INVALID_PARAMETER_VALUE" in code and ("not found" in text or "does not exist" in text)
+
+
+def registry_call(fn, *args, what: str, attempts: int | None = None, backoff: float | None = None, **kwargs):
+    """``fn(*args, **kwargs)`` against the registry. "Not found" errors are raised at once; any
+    other error (sqlite locked, HTTP 5xx, a dropped connection) is retried ``attempts`` times in
+    all, the wait doubling, then raised as :class:`RegistryUnavailable` naming ``what``."""
+    attempts = REGISTRY_ATTEMPTS if attempts is None else attempts
+    wait = REGISTRY_BACKOFF_SECONDS if backoff is None else backoff
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if is_not_found(exc):
+                raise
+            if attempt == attempts:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise RegistryUnavailable(f"the model registry failed {attempts} times while {what}: "
+                                          f"{type(exc).__name__}: {first}") from exc
+            log.warning("model registry error while %s (attempt %d/%d, retrying in %.1f s): %s",
+                        what, attempt, attempts, wait, type(exc).__name__)
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
+def describe_registry(client, name: str) -> str:
+    """What the registry holds, for a "not found" message: the versions and aliases of ``name``,
+    or the registered model names when ``name`` is not one of them."""
     try:
-        client.get_model_version_by_alias(name, alias)
+        model = registry_call(client.get_registered_model, name, what=f"reading {name}")
+    except RegistryUnavailable:
+        raise
+    except Exception:  # noqa: BLE001 - not found: list the names instead
+        names = sorted(m.name for m in registry_call(client.search_registered_models, what="listing models"))
+        shown = ", ".join(names[:20]) + (f" (+{len(names) - 20} more)" if len(names) > 20 else "")
+        return f"no registered model {name!r}; registered models: {shown or 'none'}"
+    versions = registry_call(client.search_model_versions, f"name='{name}'", what=f"listing {name}")
+    numbers = sorted((str(v.version) for v in versions), key=int)
+    aliases = ", ".join(f"{a}→{v}" for a, v in sorted((model.aliases or {}).items()))
+    return f"{name} has versions {', '.join(numbers) or 'none'} and aliases {aliases or 'none'}"
+
+
+def ensure_default_model(client, name: str, alias: str, *, experiment_id: str) -> str | None:
+    """Register the bundled EfficientNet-Lite0 as ``name@alias`` on a registry that has no model
+    ``name`` at all (a fresh data root). Returns the new version, or None when nothing was done.
+
+    Strict on purpose: a model ``name`` that exists without ``alias`` is the user's to fix (a typo,
+    a deleted alias) — registering the default there would publish ImageNet vectors under their
+    name — so that is left to :func:`resolve_model` to report. Registry errors other than "not
+    found" are retried, then raised (:class:`RegistryUnavailable`): never read as "missing".
+    """
+    try:
+        registry_call(client.get_registered_model, name, what=f"looking up {name}")
         return None
-    except MlflowException:
-        pass
+    except RegistryUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if not is_not_found(exc):
+            raise
     with tempfile.TemporaryDirectory(prefix="catalogfs-default-model-") as tmp:
         bundle = write_default_bundle(Path(tmp) / "model")
         return register_bundle(
@@ -170,20 +258,44 @@ def ensure_default_model(client, name: str, alias: str, *, experiment_id: str) -
         )
 
 
-def resolve_model(client, name: str, alias: str, *, cache_dir: Path) -> ResolvedModel:
-    """Resolve ``models:/name@alias`` to a concrete version and read its bundle spec."""
-    from mlflow.exceptions import MlflowException
+def resolve_model(client, ref: ModelRef, *, cache_dir: Path) -> ResolvedModel:
+    """Resolve ``ref`` to a concrete version and read its bundle spec.
 
+    A model, alias or version that does not exist is a :class:`ModelResolutionError` whose one line
+    says what the registry does hold; other registry errors are retried (:func:`registry_call`).
+    """
     try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        raise ModelResolutionError(
-            f"models:/{name}@{alias} is not in the registry: register a model and set the alias "
-            f"(or set model.register_default: true for the bundled default)"
-        ) from exc
-    source = client.get_model_version_download_uri(name, mv.version)
-    spec = read_spec(local_bundle_dir(source, cache_dir / name / str(mv.version)))
-    return ResolvedModel(name=name, version=str(mv.version), alias=alias, source_uri=source, spec=spec)
+        if ref.alias:
+            mv = registry_call(client.get_model_version_by_alias, ref.name, ref.alias, what=f"resolving {ref}")
+        else:
+            mv = registry_call(client.get_model_version, ref.name, ref.version, what=f"resolving {ref}")
+    except RegistryUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if not is_not_found(exc):
+            raise
+        raise ModelResolutionError(f"{ref} is not in the registry: {describe_registry(client, ref.name)}") from None
+    source = registry_call(client.get_model_version_download_uri, ref.name, mv.version,
+                           what=f"locating {ref}")
+    spec = read_spec(local_bundle_dir(source, cache_dir / ref.name / str(mv.version)))
+    return ResolvedModel(name=ref.name, version=str(mv.version), alias=ref.alias or "", source_uri=source,
+                         spec=spec)
+
+
+def set_alias(client, name: str, alias: str, version: str) -> bool:
+    """Point ``name@alias`` at ``version`` (retried like every registry call). False, with a
+    warning, when the registry has no such model version (a space made outside this registry)."""
+    try:
+        registry_call(client.set_registered_model_alias, name, alias, version,
+                      what=f"setting models:/{name}@{alias}")
+    except RegistryUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if not is_not_found(exc):
+            raise
+        log.warning("models:/%s/%s is not in the registry: alias %s not moved", name, version, alias)
+        return False
+    return True
 
 
 def local_bundle_dir(source_uri: str, cache_dir: Path) -> Path:
