@@ -11,7 +11,10 @@ too) or, in-process, with :func:`register`:
   attempt of each task, so Spark has to retry the task on a fresh worker.
 
 Points: ``udf`` (each batch in the embed UDF), ``after_staging`` (candidates staged, before
-validation), ``publish`` (after the first table of a publish committed, before the others).
+validation), ``before_publish``, ``publish`` (after each table of a publish committed; a kill stops
+after the first), ``merged_<table>`` (after that table's MERGE committed), ``before_lineage`` (every
+table committed, the lineage row not yet written) and ``before_views`` (just before a run makes its
+space current).
 When ``CATALOGFS_FAILPOINT_LOG`` names a file, every failpoint that fires appends a line there
 first, so a test can prove the fault really happened.
 """

@@ -1,7 +1,7 @@
 """Sample videos made from real photos shipped inside scikit-image and scikit-learn (no download).
 
 Each video is a few seconds of H.264 with a slow pan or zoom over one photo, encoded
-deterministically (fixed settings, one encoder thread), so the same call writes the same bytes.
+deterministically, so the same call writes the same bytes (see ``X264_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,21 @@ import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
+
+# Byte-identical H.264, run after run and machine after machine. Threads are not what broke it:
+# with threads=1 x264 already runs on one thread. Its SIMD code is the cause: on CPUs with
+# AVX-512 the macroblock-tree/lookahead kernels read memory outside the valid data, so the output
+# depended on the process's heap (e.g. 320x180: 9 different files in 10 encodes of the same frames).
+# With asm=0 x264 uses its portable C code: bit-exact, the same on every CPU, about 4x slower
+# (~2 s for a 640x360, 4 s sample), and negligible at test sizes. The thread settings stay pinned.
+X264_OPTIONS = {
+    "preset": "veryfast",
+    "crf": "23",
+    "threads": "1",
+    "x264-params": "asm=0:threads=1:lookahead-threads=1:sliced-threads=0:sync-lookahead=0",
+}
+# The muxer writes no library version tag and no creation time: the file depends on the frames only.
+MUXER_OPTIONS = {"fflags": "+bitexact"}
 
 
 @dataclass(frozen=True)
@@ -80,16 +95,21 @@ def render_frames(photo: Image.Image, *, motion: str, n_frames: int, width: int,
 
 
 def write_video(path: Path, frames, *, fps: int, width: int, height: int) -> None:
-    """Encode RGB arrays as H.264 (yuv420p) MP4, deterministic: one thread, fixed preset and CRF."""
+    """Encode RGB arrays as H.264 (yuv420p) MP4, byte-identical for the same frames (``X264_OPTIONS``)."""
     import av
+    from av.codec.context import Flags
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part.mp4")
-    with av.open(str(tmp), mode="w") as container:
+    with av.open(str(tmp), mode="w", format="mp4", container_options=MUXER_OPTIONS) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.options = {"preset": "veryfast", "crf": "23", "threads": "1"}
-        stream.codec_context.thread_count = 1
+        ctx = stream.codec_context
+        # All set before the first encode opens the codec (they cannot change after).
+        ctx.options = dict(X264_OPTIONS)
+        ctx.thread_type = "NONE"
+        ctx.thread_count = 1  # also the thread count of PyAV's RGB -> YUV conversion
+        ctx.flags |= Flags.bitexact
         container.metadata["comment"] = "catalogfs sample video"
         for arr in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):

@@ -332,7 +332,6 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.table_versions = _versions(spark, cfg)
     failpoints.reached("before_lineage")
     record_lineage(spark, cfg, space, attempt, started=started)
-    failpoints.reached("before_views")
     result.current_space = settle_current(spark, storage, space, current_model, serve=serve, run_id=run_id)
     delta_writer.drop_staging(staging)
     clock.lap("lineage")
@@ -356,6 +355,7 @@ def settle_current(spark: SparkSession, storage, space: EmbeddingSpace, current:
         return None if current is None else current.space
     note = ("first published space" if current is None
             else f"serving alias moved from version {current.model_version} to {space.model_version}")
+    failpoints.reached("before_views")
     promote(spark, storage, space.id, run_id=run_id, note=note)
     return space.id
 

@@ -25,10 +25,11 @@ import math
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 from urllib.parse import unquote
 
 from delta.tables import DeltaTable
@@ -44,6 +45,7 @@ TOMBSTONE_RETENTION = "delta.deletedFileRetentionDuration"
 LOG_RETENTION = "delta.logRetentionDuration"
 # Delta's defaults when a table does not set them
 _DEFAULT_HOURS = {TOMBSTONE_RETENTION: 7 * 24.0, LOG_RETENTION: 30 * 24.0}
+_LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 _UNIT_HOURS = {"week": 168.0, "day": 24.0, "hour": 1.0, "minute": 1 / 60, "second": 1 / 3600,
                "millisecond": 1 / 3.6e6, "microsecond": 1 / 3.6e9}
 
@@ -118,6 +120,20 @@ def cover_retention_window(spark: SparkSession, table: str, window_hours: int) -
     return float(target), tombstones
 
 
+@contextmanager
+def listing_parallelism(spark: SparkSession) -> Iterator[None]:
+    """VACUUM lists the table in ``spark.sql.sources.parallelPartitionDiscovery.parallelism``
+    tasks, 10,000 by default: minutes of task overhead on a small machine for a listing that a
+    few tasks per core do as well. Capped at four per core while VACUUM runs, then restored."""
+    previous = spark.conf.get(_LISTING_PARALLELISM)
+    cap = 4 * max(1, spark.sparkContext.defaultParallelism)
+    spark.conf.set(_LISTING_PARALLELISM, str(min(int(previous), cap)))
+    try:
+        yield
+    finally:
+        spark.conf.set(_LISTING_PARALLELISM, previous)
+
+
 def endangered_files(spark: SparkSession, table: str, versions: Sequence[int]) -> list[str]:
     """Files that VACUUM would delete now although one of ``versions`` reads them.
 
@@ -150,14 +166,15 @@ def vacuum_keep_versions(spark: SparkSession, table: str, keep: int) -> VacuumRe
     window = retention_hours(oldest_kept["timestamp"], datetime.now(timezone.utc))
     retain, raised_from = cover_retention_window(spark, table, window)
     kept = [int(row["version"]) for row in history[:keep]]
-    at_risk = endangered_files(spark, table, kept)
-    if at_risk:
-        log.warning("%s: VACUUM skipped: it would delete %d files that kept versions read (their "
-                    "tombstones expired before the retention was raised), e.g. %s", table, len(at_risk),
-                    at_risk[0])
-        return VacuumResult(table, len(history), int(oldest_kept["version"]), None, raised_from,
-                            skipped=f"{len(at_risk)} files of kept versions are untracked")
-    spark.sql(f"VACUUM {table}")  # the window is the table property (a RETAIN clause is ignored)
+    with listing_parallelism(spark):
+        at_risk = endangered_files(spark, table, kept)
+        if at_risk:
+            log.warning("%s: VACUUM skipped: it would delete %d files that kept versions read (their "
+                        "tombstones expired before the retention was raised), e.g. %s", table,
+                        len(at_risk), at_risk[0])
+            return VacuumResult(table, len(history), int(oldest_kept["version"]), None, raised_from,
+                                skipped=f"{len(at_risk)} files of kept versions are untracked")
+        spark.sql(f"VACUUM {table}")  # the window is the table property (a RETAIN clause is ignored)
     log.info("vacuumed %s: versions >= %s stay readable (files removed in the last %.0f h kept)",
              table, oldest_kept["version"], retain)
     return VacuumResult(table, len(history), int(oldest_kept["version"]), math.floor(retain), raised_from)

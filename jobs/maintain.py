@@ -5,7 +5,9 @@ staging folders left by runs that died (older than ``--staging-hours``, default 
     spark-submit jobs/maintain.py --conf conf/local.yaml
 
 Run it on a schedule (e.g. daily after the embed job). Time travel (``VERSION AS OF`` /
-``TIMESTAMP AS OF``) works for the kept versions; older versions' data files are deleted.
+``TIMESTAMP AS OF``) works for the kept versions, and for older ones while they are younger than
+the table's ``delta.deletedFileRetentionDuration`` (raised here when the kept versions need it);
+data files removed longer ago are deleted.
 """
 
 from __future__ import annotations
@@ -28,9 +30,21 @@ def print_result(outcome: tuple[list[VacuumResult], list[str]], cfg: Config) -> 
     results, swept = outcome
     print(f"maintain: staging folders of dead runs removed: {len(swept)}")
     for r in results:
-        done = "nothing to vacuum" if r.retain_hours is None else f"files needed in the last {r.retain_hours} h kept"
         print(f"maintain: {r.table}: {r.versions} versions, readable from version "
-              f"{r.oldest_readable_version} ({done})")
+              f"{r.oldest_readable_version} ({describe(r)})")
+
+
+def describe(result: VacuumResult) -> str:
+    """What VACUUM did to one table, in words."""
+    if result.skipped:
+        done = f"VACUUM skipped: {result.skipped}"
+    elif result.retain_hours is None:
+        done = "nothing to vacuum"
+    else:
+        done = f"files removed in the last {result.retain_hours} h kept"
+    if result.raised_from_hours is not None:
+        done += f"; delta.deletedFileRetentionDuration raised from {result.raised_from_hours:.0f} h"
+    return done
 
 
 def _arguments(parser) -> None:

@@ -8,11 +8,17 @@ their own process group, so SIGKILL takes down everything, like a lost machine):
 2. ``embed`` killed after staging its candidates, before validation;
 3. ``embed`` on ``local[2,3]`` whose Python workers SIGKILL themselves on the first attempt of
    every task (Spark retries them), killed in the middle of its publish (after the first table);
-4. ``embed`` with no fault.
+4. ``embed`` killed after its last MERGE, before its lineage row (completes the cut publish);
+5. ``embed`` killed just before it makes the space current (nothing to embed; it repairs lineage);
+6. ``embed`` with no fault: the space becomes current;
+7. a video deleted from ``frames`` (by another writer), then ``embed`` killed after its first table
+   (the video's frame rows are gone, its video rows not yet);
+8. ``embed`` with no fault.
 
 After each run the published tables are read with delta-rs (no Spark): keys are never
-duplicated, nothing is half-published within a table, and after run 4 every frame has exactly
-one row whose vector equals what the engine computes for that frame in this process.
+duplicated, nothing is half-published within a table, and after run 8 every frame has exactly
+one row whose vector equals what the engine computes for that frame in this process, the removed
+video has no row left, and every run that committed has a lineage row saying what it committed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from catalogfs.config import DEFAULT_CONF_DIR, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ("frame_embeddings", "video_embeddings", "video_labels")
+REMOVED = "flower"  # the video deleted from frames before run 7
 KEYS = {"frame_embeddings": ["video_id", "frame_ts_ms", "embedding_space"],
         "video_embeddings": ["video_id", "embedding_space"],
         "video_labels": ["video_id", "embedding_space", "label"]}
@@ -83,6 +90,17 @@ def chain(tmp_path_factory):
     assert run("jobs.embed_frames", "crash-first-attempt@udf,kill@publish",
                "spark.master=local[2,3]") == -signal.SIGKILL, runs[-1][3][-3000:]
     states.append(_read(cfg))
+    assert run("jobs.embed_frames", "kill@before_lineage") == -signal.SIGKILL, runs[-1][3][-3000:]
+    states.append(_read(cfg))
+    assert run("jobs.embed_frames", "kill@before_views") == -signal.SIGKILL, runs[-1][3][-3000:]
+    states.append(_read(cfg))
+    assert run("jobs.embed_frames", None) == 0, runs[-1][3][-3000:]
+    states.append(_read(cfg))
+    from deltalake import DeltaTable
+
+    DeltaTable(str(cfg.storage.table_path("frames"))).delete(f"video_id = '{REMOVED}'")  # another writer
+    assert run("jobs.embed_frames", "kill@publish") == -signal.SIGKILL, runs[-1][3][-3000:]
+    states.append(_read(cfg))
     assert run("jobs.embed_frames", None) == 0, runs[-1][3][-3000:]
     states.append(_read(cfg))
     fired = [line.split()[2] for line in log.read_text().splitlines()]
@@ -109,13 +127,14 @@ def _duplicates(df, keys) -> int:
 def test_every_fault_really_fired(chain):
     _, _, fired = chain
     counts = Counter(fired)
-    assert counts["kill@udf"] == 1 and counts["kill@after_staging"] == 1 and counts["kill@publish"] == 1
+    assert counts["kill@udf"] == 1 and counts["kill@after_staging"] == 1 and counts["kill@publish"] == 2
+    assert counts["kill@before_lineage"] == 1 and counts["kill@before_views"] == 1
     assert counts["crash-first-attempt@udf"] >= 2  # Python workers died; their tasks were retried
 
 
 def test_killed_runs_never_leave_duplicates_or_half_tables(chain):
     _, states, _ = chain
-    after_udf_kill, after_staging_kill, after_publish_kill, _ = states
+    after_udf_kill, after_staging_kill, after_publish_kill = states[:3]
     assert after_udf_kill["frames"] is not None and len(after_udf_kill["frames"]) > 0
     for state in (after_udf_kill, after_staging_kill):  # killed before publish: nothing published
         for table in PUBLISHED:
@@ -130,6 +149,36 @@ def test_killed_runs_never_leave_duplicates_or_half_tables(chain):
             assert _duplicates(state[table], KEYS[table]) == 0, table
 
 
+def test_a_run_killed_before_its_lineage_or_its_promotion_is_completed_by_the_next(chain):
+    """Killed after its last MERGE (run 4): no lineage row of its own (only run 3's, cut after one
+    table, which run 4 recovered when it started), no current space. Run 5 finds nothing to embed
+    but writes run 4's row from the tables' history; killed before the promotion, run 6 makes the
+    space current."""
+    _, states, _ = chain
+    after_lineage_kill, after_views_kill, settled = states[3:6]
+    assert len(after_lineage_kill["video_labels"]) > 0  # run 4 published every table ...
+    assert list(after_lineage_kill["feature_versions"].status) == ["interrupted"]  # ... but wrote no row
+    lineage = after_views_kill["feature_versions"]  # run 5 wrote what run 4 committed
+    assert sorted(lineage.status) == ["interrupted", "published"]
+    recovered = lineage.set_index("status")
+    assert set(json.loads(recovered.loc["interrupted"].table_versions)) == {"frame_embeddings"}
+    assert set(json.loads(recovered.loc["published"].table_versions)) == set(PUBLISHED)
+    assert all(note.startswith("recovered by run ") for note in lineage.note)
+    statuses = list(settled["feature_versions"].sort_values("finished_at").status)
+    assert statuses == ["interrupted", "published", "promoted"]  # run 6: the first published space
+
+
+def test_a_removal_cut_between_tables_is_completed(chain):
+    """Run 7 deleted the removed video's frame rows and was killed before its video rows; run 8
+    found the video rows without frame rows and deleted them."""
+    _, states, _ = chain
+    cut, final = states[6], states[7]
+    assert REMOVED not in set(cut["frame_embeddings"].video_id)
+    assert REMOVED in set(cut["video_embeddings"].video_id)  # what the old planner never repaired
+    for table in PUBLISHED:
+        assert REMOVED not in set(final[table].video_id), table
+
+
 def test_rerun_after_crashes_publishes_every_frame_once_with_the_right_vectors(chain):
     from udfs.engine import EmbeddingEngine, EngineOptions
     from udfs.model_registry import write_default_bundle
@@ -140,6 +189,7 @@ def test_rerun_after_crashes_publishes_every_frame_once_with_the_right_vectors(c
     assert fe.embedding_space.nunique() == 1
     assert sorted(zip(fe.video_id, fe.frame_ts_ms)) == sorted(zip(frames.video_id, frames.frame_ts_ms))
     ok_videos = set(frames[frames.status == "ok"].video_id)
+    assert REMOVED not in ok_videos and len(ok_videos) >= 5
     assert set(final["video_embeddings"].video_id) == ok_videos
     assert set(final["video_labels"].video_id) == ok_videos
 
@@ -157,16 +207,22 @@ def test_rerun_after_crashes_publishes_every_frame_once_with_the_right_vectors(c
     assert len(bad) >= 1 and set(published.loc[list(zip(bad.video_id, bad.frame_ts_ms))].status) == set(bad.status)
 
 
-def test_history_shows_one_publish_per_run(chain):
+def test_history_shows_one_publish_per_run_and_lineage_names_each(chain):
     from deltalake import DeltaTable
 
     cfg, states, _ = chain
     lineage = states[-1]["feature_versions"]
-    published_runs = set(lineage[lineage.status == "published"].run_id)
-    assert len(published_runs) == 1  # the killed runs never reached their lineage row
+    merges: dict[str, dict[str, int]] = {}
     for table in PUBLISHED:
         history = DeltaTable(str(cfg.storage.table_path(table))).history()
         runs = Counter(json.loads(c["userMetadata"])["run_id"] for c in history
                        if c.get("userMetadata") and c.get("operation") == "MERGE")  # data commits only
         assert all(n == 1 for n in runs.values()), (table, runs)
-        assert runs[next(iter(published_runs))] == 1, (table, runs)
+        for c in history:
+            if c.get("userMetadata") and c.get("operation") == "MERGE":
+                merges.setdefault(json.loads(c["userMetadata"])["run_id"], {})[table] = c["version"]
+    attempts = lineage[lineage.status != "promoted"]
+    assert len(attempts) == len(merges) == 4  # runs 3, 4, 7 (killed) and 8: every one recorded
+    for row in attempts.itertuples():
+        assert json.loads(row.table_versions) == merges[row.run_id], row.run_id
+        assert row.status == ("published" if set(merges[row.run_id]) == set(PUBLISHED) else "interrupted")

@@ -319,10 +319,16 @@ def test_an_export_that_disagrees_with_the_model_is_not_served(default_bundle, t
 
 
 def test_a_damaged_cached_export_is_removed_and_pytorch_serves(default_bundle, tmp_path, monkeypatch, caplog):
+    """An export that ONNX Runtime cannot load although its sha256 sidecar vouches for it (a damaged
+    file that does not match its sidecar is exported again at once: tests/test_onnx_cache.py)."""
+    import hashlib
+
     monkeypatch.setenv("CATALOGFS_ONNX_CACHE", str(tmp_path))
     EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))
     (cached,) = tmp_path.glob("*.onnx")
-    cached.write_bytes(cached.read_bytes()[:1000])  # cut short, as a full disk would leave it
+    damaged = cached.read_bytes()[:1000]  # cut short, and recorded so by the exporter
+    cached.write_bytes(damaged)
+    cached.with_name(f"{cached.name}.sha256").write_text(f"{hashlib.sha256(damaged).hexdigest()}  {cached.name}\n")
     with caplog.at_level("WARNING"):
         engine = EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))
     assert engine.runtime == "torch" and "cannot load the ONNX export" in caplog.text

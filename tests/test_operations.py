@@ -262,7 +262,10 @@ def test_one_promote_is_what_the_scheduled_run_maintains(spark, ops, default_bun
     # `models promote` back to version 1: the next scheduled run brings v1 up to date, then serves it
     assert models.main([*_overrides(cfg), "promote", MODEL, "1"]) == 0
     assert "views switch" in capsys.readouterr().out
-    back = embed_frames.run(spark, cfg)
+    # (version 1's labels for the one new video may differ from version 2's: two frames are no
+    # sample for the label-drift gate, which is not what this test is about)
+    lenient = cfg.model_copy(update={"validation": cfg.validation.model_copy(update={"max_label_shift": 1.0})})
+    back = embed_frames.run(spark, lenient)
     assert back.space.id == first.space.id and back.is_current
     assert promotion.current_space(spark, cfg.storage) == first.space.id
     served = {r.video_id for r in spark.table(cfg.storage.qualified("current_video_embeddings")).collect()}

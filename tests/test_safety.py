@@ -250,7 +250,8 @@ def test_hostile_ids_on_the_command_line(spark, injection_db, capsys):
     assert cli.main(["spaces", "promote", hostile, *overrides]) == 4
     assert "has never been published" in _error_line(capsys.readouterr().err, "catalogfs spaces")
     # The hostile (but published) space is promoted: its id is quoted in the views' SQL.
-    assert cli.main(["spaces", "promote", EVIL_SPACE, *overrides]) == 0
+    # (its model "m" is what this catalogue serves: a space of another model is not promoted)
+    assert cli.main(["spaces", "promote", EVIL_SPACE, *overrides, "--set", "model.name=m"]) == 0
     view = spark.table(injection_db.storage.qualified("current_video_embeddings"))
     assert sorted(r.video_id for r in view.collect()) == ["v1", "v2", "v3"]
     assert {r.embedding_space for r in view.collect()} == {EVIL_SPACE}

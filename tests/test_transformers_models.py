@@ -188,7 +188,8 @@ def test_registered_transformers_models_write_spaces_beside_the_default(spark, c
     make_sample_videos(videos, seconds=1.0, fps=6, width=224, height=128,
                        photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id in ("cat_chelsea", "coffee_cup")))
     extract_frames.run(spark, cfg, input=str(videos))
-    spaces = {name: embed_frames.run(spark, cfg, model=f"{name}@champion").space
+    # the serving model (registered from the bundled default if missing), then two backfills
+    spaces = {name: embed_frames.run(spark, cfg, model=None if name == cfg.model.name else f"{name}@champion").space
               for name in ("efficientnet_lite0_imagenet", "tiny_clip", "tiny_vit")}
     assert {n: s.dim for n, s in spaces.items()} == {"efficientnet_lite0_imagenet": 1280, "tiny_clip": 16,
                                                     "tiny_vit": 32}
@@ -322,7 +323,9 @@ def test_flags_reach_delta_on_an_existing_data_root(spark, cfg, tmp_path_factory
     spark.sql(f"UPDATE {frames_table} SET image = X'FFD8FF00' "
               f"WHERE video_id = 'coffee_cup' AND frame_ts_ms = {stamps['coffee_cup'][0]}")
 
-    first = embed_frames.run(spark, cfg, model="tiny_moderation@champion")
+    # this catalogue serves the moderation model (model.name): its first published space becomes current
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "tiny_moderation"})})
+    first = embed_frames.run(spark, cfg)
     assert first.published and {"flags", "flag_scores"} <= set(spark.table(cfg.storage.qualified("frame_embeddings")).columns)
     frames = {(r.video_id, r.frame_ts_ms): r for r in spark.table(cfg.storage.qualified("frame_embeddings")).collect()}
     assert len(frames) == 4
@@ -350,7 +353,7 @@ def test_flags_reach_delta_on_an_existing_data_root(spark, cfg, tmp_path_factory
 
     # A publish that stopped before video_flags: the next run recomputes that video's rows.
     spark.sql(f"DELETE FROM {cfg.storage.qualified('video_flags')} WHERE video_id = 'cat_chelsea'")
-    repair = embed_frames.run(spark, cfg, model="tiny_moderation@champion")
+    repair = embed_frames.run(spark, cfg)
     assert repair.frames_embedded == 0 and repair.videos_updated == ["cat_chelsea"] and repair.published
     assert video_flags() == expected
 

@@ -28,9 +28,52 @@ def cat_video(tmp_path_factory):
     return make_sample_videos(out, seconds=3.0, fps=10, width=320, height=180, photos=(CAT,))[0]
 
 
+_SAMPLE_ARGS = dict(seconds=3.0, fps=10, width=320, height=180)
+_DETERMINISM_PHOTOS = ("cat_chelsea", "coffee_cup")  # a zoom and a pan
+_HASH_SAMPLES = """
+import hashlib, json, sys
+from pathlib import Path
+from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+args, out = json.loads(sys.argv[1]), Path(sys.argv[2])
+wanted, n_runs = args.pop("photos"), args.pop("runs")
+photos = tuple(p for p in SAMPLE_PHOTOS if p.video_id in wanted)
+runs = []
+for i in range(n_runs):
+    paths = make_sample_videos(out / f"run{i}", photos=photos, **args)
+    runs.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths})
+print(json.dumps(runs))
+"""
+
+
 def test_sample_videos_are_deterministic(cat_video, tmp_path):
-    again = make_sample_videos(tmp_path, seconds=3.0, fps=10, width=320, height=180, photos=(CAT,))[0]
-    assert again.read_bytes() == cat_video.read_bytes()
+    """Every byte of every sample video is the same on every encode, in this process and in a fresh
+    one. 320x180 is the size that used to differ on most encodes (x264's AVX-512 code read memory
+    outside its data; samples.X264_OPTIONS now pins x264 to its C code)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def sha256s(paths):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+    photos = tuple(p for p in SAMPLE_PHOTOS if p.video_id in _DETERMINISM_PHOTOS)
+    runs = [sha256s(make_sample_videos(tmp_path / f"here{i}", photos=photos, **_SAMPLE_ARGS)) for i in range(4)]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    spec = json.dumps({**_SAMPLE_ARGS, "photos": list(_DETERMINISM_PHOTOS), "runs": 2})
+    done = subprocess.run([sys.executable, "-c", _HASH_SAMPLES, spec, str(tmp_path / "there")], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    runs += json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert len(runs) == 6 and set(runs[0]) == {f"{vid}.mp4" for vid in _DETERMINISM_PHOTOS}
+    for i, run in enumerate(runs[1:], start=1):
+        assert run == runs[0], f"encode {i} differs from encode 0: {run} != {runs[0]}"
+    # The module's fixture (another encode, made earlier in this process) has the same bytes too.
+    assert hashlib.sha256(cat_video.read_bytes()).hexdigest() == runs[0]["cat_chelsea.mp4"]
+    assert runs[0]["cat_chelsea.mp4"] != runs[0]["coffee_cup.mp4"]
 
 
 def test_frames_sampled_at_one_per_second(cat_video):
