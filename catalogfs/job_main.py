@@ -72,7 +72,8 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     from pyspark.errors import AnalysisException
 
     from features.delta_writer import SchemaMismatch
-    from features.embedding_run import PublishConflict, ValidationFailed
+    from features.embedding_run import ValidationFailed
+    from features.publish import PublishConflict
     from udfs.model_registry import ModelResolutionError, RegistryUnavailable
 
     parser = argparse.ArgumentParser(prog=prog, description=description)

@@ -39,7 +39,7 @@ from expectations.vector_checks import with_score_checks, with_status_checks, wi
 from features import delta_writer
 from features.lineage import Attempt, record_lineage, repair_lineage
 from features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
-from features.publish import PublishConflict, PublishSkipped, is_commit_conflict, publish_with_retries  # noqa: F401
+from features.publish import PublishSkipped, publish_with_retries
 from features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
 from features.spaces import EmbeddingSpace
 from features.statuses import INPUT_STATUSES, TRANSIENT_STATUSES

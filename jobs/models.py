@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
-from catalogfs.job_main import InputError, run_main
+from catalogfs.job_main import InputError
 
 
 def _bundle_from(source: Path, taxonomy_file: Path | None, workdir: Path, flags_file: Path | None = None) -> Path:

@@ -17,7 +17,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
-from features.embedding_run import PublishConflict, is_commit_conflict, publish_with_retries, run_embedding
+from features.embedding_run import run_embedding
+from features.publish import PublishConflict, is_commit_conflict, publish_with_retries
 from features.spaces import EmbeddingSpace
 from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
 from jobs import embed_frames, extract_frames

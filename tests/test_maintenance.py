@@ -1,5 +1,6 @@
-"""Retention: the last N versions stay readable for time travel; the VACUUM window is derived from
-the table's own history."""
+"""Retention: the last N versions stay readable for time travel. VACUUM's window is the table's
+delta.deletedFileRetentionDuration, raised to cover the age of the N-th newest version; tables are
+aged by rewriting their log and file times."""
 
 import json
 import os

@@ -20,7 +20,7 @@ from catalogfs import cli
 from catalogfs.config import DEFAULT_CONF_DIR
 from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
 from features import delta_writer
-from features.embedding_run import publish_candidates
+from features.publish import publish_candidates
 from features.spaces import EmbeddingSpace
 from features.tables import (
     ALL_TABLES,

@@ -98,24 +98,29 @@ def private_cache_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """The folder exports are kept in: ``CATALOGFS_ONNX_CACHE``, else :func:`default_cache_dir`
-    (created with mode 0700 when missing); used only when :func:`untrusted_reason` finds nothing,
-    else a warning and :func:`private_cache_dir`. The resolved path is returned, so that a
-    symbolic link swapped later does not redirect the files."""
-    configured = Path(os.environ.get("CATALOGFS_ONNX_CACHE") or default_cache_dir()).expanduser()
+    """The folder exports are kept in: ``CATALOGFS_ONNX_CACHE``, else :func:`default_cache_dir`;
+    used only when :func:`untrusted_reason` finds nothing, else a warning and
+    :func:`private_cache_dir`."""
+    configured = os.environ.get("CATALOGFS_ONNX_CACHE") or ""
     try:
-        if not configured.exists():
-            configured.mkdir(mode=0o700, parents=True, exist_ok=True)
-            configured.chmod(0o700)  # whatever the umask
-        folder = configured.resolve(strict=True)
+        folder = prepared_dir(Path(configured).expanduser() if configured else default_cache_dir())
         reason = untrusted_reason(folder)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: no home folder (a worker without HOME)
         reason = f"{type(exc).__name__}: {exc}"
     if reason is None:
         return folder
     log.warning("not using the ONNX cache %s (%s): this process exports into a private folder",
-                configured, reason)
+                configured or "under the home folder", reason)
     return private_cache_dir()
+
+
+def prepared_dir(folder: Path) -> Path:
+    """``folder`` created with mode 0700 (whatever the umask) when missing, and resolved, so that
+    a symbolic link swapped later does not redirect the files."""
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)
+    return folder.resolve(strict=True)
 
 
 def sidecar(path: Path) -> Path:
