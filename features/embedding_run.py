@@ -185,9 +185,13 @@ class RunPlan:
     orphan_videos: list[str]
     stale_videos: list[str]
     published_frames: int = 0  # rows the space already has (0: its first publish)
-    published_bad_input: int = 0  # of which bad input (a status of the upload's own)
     # video → (frame rows, bad-input frame rows) published in the space, for the videos that have rows
     per_video: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def published_bad_input(self) -> int:
+        """Frame rows of the space with a bad-input status (a status of the upload's own)."""
+        return sum(bad for _, bad in self.per_video.values())
 
     @property
     def nothing_to_do(self) -> bool:
@@ -210,7 +214,6 @@ def plan_run(frames: DataFrame, published: DataFrame, video_emb: DataFrame, vide
                    orphan_videos=sorted(r["video_id"] for r in videos if r["orphans"]),
                    stale_videos=sorted(r["video_id"] for r in videos if r["stale"]),
                    published_frames=sum(int(r["published"]) for r in videos),
-                   published_bad_input=sum(int(r["bad_input"]) for r in videos),
                    per_video={r["video_id"]: (int(r["published"]), int(r["bad_input"]))
                               for r in videos if r["published"]})
 
@@ -497,11 +500,9 @@ def in_space_id(spark: SparkSession, cfg: Config, space_id: str) -> DataFrame:
 def drift_reference(space: EmbeddingSpace, current: SpaceModel | None) -> str | None:
     """The current space, when it is another version of the same registered model with the same
     dimension (vectors of unrelated models are not comparable); else None."""
-    if current is None or current.space == space.id or current.model_name != space.model_name:
+    if current is None or current.space == space.id:
         return None
-    if not current.space.endswith(f"-d{space.dim}"):  # space ids end with the dimension
-        return None
-    return current.space
+    return current.space if (current.model_name, current.dim) == (space.model_name, space.dim) else None
 
 
 def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:

@@ -60,22 +60,30 @@ class SpaceModel:
     space: str
     model_name: str
     model_version: str
+    dim: int
 
 
 def space_model(spark: SparkSession, storage: StorageConfig, space_id: str) -> SpaceModel | None:
     """Model name and version of a published space (from its newest ``published`` lineage row)."""
     row = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == "published"))
-           .orderBy(F.desc("finished_at")).select("model_name", "model_version").first())
-    return None if row is None else SpaceModel(space_id, row["model_name"], row["model_version"])
+           .orderBy(F.desc("finished_at")).select("model_name", "model_version", "dim").first())
+    return None if row is None else SpaceModel(space_id, row["model_name"], row["model_version"], row["dim"])
+
+
+def require_published(spark: SparkSession, storage: StorageConfig, space_id: str) -> SpaceModel:
+    """:func:`space_model`, or :class:`PromotionError` naming the published spaces."""
+    owner = space_model(spark, storage, space_id)
+    if owner is None:
+        raise PromotionError(f"space {space_id!r} has never been published; published spaces: "
+                             f"{published_spaces(spark, storage)}")
+    return owner
 
 
 def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_id: str,
             note: str = "promoted") -> SpaceModel:
     """Point the ``current_*`` views at ``space_id`` and record the promotion; returns the space's
     model version (the caller moves the registry's serving alias to it, see ``jobs/spaces.py``)."""
-    if space_id not in published_spaces(spark, storage):
-        raise PromotionError(f"space {space_id!r} has never been published; published spaces: "
-                             f"{published_spaces(spark, storage)}")
+    owner = require_published(spark, storage, space_id)
     _create_views(spark, storage, space_id, CURRENT_VIEWS)
     source = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == "published"))
               .orderBy(F.desc("finished_at")).first())
@@ -85,7 +93,7 @@ def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_i
     delta_writer.append_rows(spark, storage, FEATURE_VERSIONS,
                              spark.createDataFrame([row], FEATURE_VERSIONS.schema))
     log.info("current space is now %s (%s)", space_id, note)
-    return SpaceModel(space_id, row["model_name"], row["model_version"])
+    return owner
 
 
 def rollback_target(spark: SparkSession, storage: StorageConfig) -> tuple[str, str]:

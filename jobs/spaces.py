@@ -40,10 +40,7 @@ def serve_space(spark, cfg: Config, space_id: str, *, run_id: str, note: str = "
     from catalogfs.tracking import configure_mlflow
     from udfs.model_registry import set_alias
 
-    owner = promotion.space_model(spark, cfg.storage, space_id)
-    if owner is None:
-        raise promotion.PromotionError(f"space {space_id!r} has never been published; published spaces: "
-                                       f"{promotion.published_spaces(spark, cfg.storage)}")
+    owner = promotion.require_published(spark, cfg.storage, space_id)
     if owner.model_name != cfg.model.name:
         raise promotion.PromotionError(
             f"space {space_id!r} was made by model {owner.model_name!r}, but this catalogue serves "
