@@ -55,17 +55,24 @@ def _log(line: str) -> None:
             os.fsync(fh.fileno())
 
 
-def _first_kill(point: str, job: int) -> bool:
-    """Whether this process is the first of job ``job`` to fire ``kill@point`` (an exclusive marker
-    file beside the log; True when there is no log)."""
+def _log_first_kill(point: str, job: int) -> None:
+    """Log ``kill@point`` once per job ``job``, however many processes reach it at once.
+
+    Two Python workers can reach a point together; each then kills the job. The log line is written
+    under an exclusive lock, with a marker file that says it was written, so the process that loses
+    the race waits for the winner's line before it kills anyone (and writes none itself).
+    """
     path = os.environ.get(LOG_ENV)
     if not path:
-        return True
-    try:
-        os.close(os.open(f"{path}.kill-{point}-{job}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    return True
+        return
+    import fcntl
+
+    with open(f"{path}.lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        marker = f"{path}.kill-{point}-{job}"
+        if not os.path.exists(marker):
+            _log(f"kill@{point}")
+            os.close(os.open(marker, os.O_CREAT | os.O_WRONLY))
 
 
 def reached(point: str, *, task_attempt: int | None = None) -> None:
@@ -79,8 +86,7 @@ def reached(point: str, *, task_attempt: int | None = None) -> None:
     if "kill" in actions:
         own = os.getpgrp()
         job = int(os.environ.get(PGID_ENV, own))
-        if _first_kill(point, job):  # two workers can reach the point at once: one kill is logged
-            _log(f"kill@{point}")
+        _log_first_kill(point, job)
         if job != own:
             os.killpg(job, signal.SIGKILL)
         os.killpg(own, signal.SIGKILL)
