@@ -404,7 +404,7 @@ def run_extraction(workdir: Path, batch: int, cores: int, copies: int = 4) -> di
     in ``mapInPandas``, warm workers, rows to a no-op sink) and the whole ``extract_frames`` job
     (stage, Parquet staging, Delta MERGE, MLflow run) in the same warm session, its catalog tables
     and MLflow store made beforehand."""
-    from catalogfs.samples import make_sample_videos
+    from jobs.samples import make_sample_videos
     from catalogfs.spark import build_spark
     from features.frames import frames_dataframe
     from features.video_frames import ExtractOptions, list_videos

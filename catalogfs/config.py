@@ -16,15 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from catalogfs.redaction import redact
+from catalogfs.errors import ConfigError  # noqa: F401 (raised here, importable from here)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_DIR = Path(os.environ.get("CATALOGFS_CONF_DIR", PROJECT_ROOT / "conf"))
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """A configuration file, key or value is wrong; the message names which."""
 
 
 class _Section(BaseModel):

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from features.tables import ALL_TABLES, TableDef
+from catalogfs.errors import SchemaMismatch  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class SchemaMismatch(ValueError):
-    """Rows meant for a published table do not have its schema; nothing was written."""
 
 
 def check_schema(table: TableDef, source: DataFrame, *, qualified_name: str | None = None) -> None:

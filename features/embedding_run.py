@@ -42,7 +42,7 @@ from features.promotion import SpaceModel, current_space, promote, published_spa
 from features.publish import PublishSkipped, publish_with_retries
 from features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
 from features.spaces import EmbeddingSpace
-from features.statuses import INPUT_STATUSES, TRANSIENT_STATUSES
+from catalogfs.statuses import INPUT_STATUSES, TRANSIENT_STATUSES
 from features.tables import (
     FRAME_EMBEDDINGS,
     FRAMES,
@@ -54,21 +54,11 @@ from features.tables import (
 from udfs.engine import EngineOptions
 from udfs.model_registry import ResolvedModel
 from udfs.spark_udf import make_embed_udf
+from catalogfs.errors import ValidationFailed  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
 
 FRAME_KEYS = ["video_id", "frame_ts_ms"]
-
-
-class ValidationFailed(RuntimeError):
-    """Candidates failed their suites; nothing was published. The message names what failed."""
-
-    def __init__(self, outcome: ValidationOutcome, report_dir: str) -> None:
-        self.outcome = outcome
-        self.report_dir = report_dir
-        lines = "\n  - ".join(outcome.failures)
-        docs = f"; Data Docs: {outcome.data_docs}" if outcome.data_docs else ""
-        super().__init__(f"validation failed, nothing published; report: {report_dir}{docs}\n  - {lines}")
 
 
 @dataclass

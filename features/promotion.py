@@ -21,14 +21,11 @@ from catalogfs.config import StorageConfig
 from features import delta_writer
 from features.knn import top_k_neighbours
 from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.errors import PromotionError  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
 
 CURRENT_VIEWS = {f"current_{t.name}": t.name for t in PUBLISHED_TABLES}
-
-
-class PromotionError(ValueError):
-    """The space cannot be promoted (never published, unknown) or there is nothing to roll back to."""
 
 
 def _lineage(spark: SparkSession, storage: StorageConfig):

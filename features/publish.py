@@ -21,21 +21,9 @@ from catalogfs.config import Config
 from features import delta_writer
 from features.spaces import EmbeddingSpace
 from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.errors import PublishConflict, PublishSkipped  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
-
-
-class PublishConflict(RuntimeError):
-    """A publish kept losing commit races to concurrent publishers; the message says what to do."""
-
-
-class PublishSkipped(PublishConflict):
-    """Delta skipped a MERGE of this run (its transaction id was already used): nothing of it was
-    committed to that table. ``written`` holds the versions the run did commit."""
-
-    def __init__(self, message: str, written: dict[str, int]) -> None:
-        super().__init__(message)
-        self.written = dict(written)
 
 
 def is_commit_conflict(exc: BaseException) -> bool:

@@ -16,10 +16,7 @@ from features import delta_writer
 from features.knn import top_k_neighbours
 from features.promotion import current_space
 from features.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS
-
-
-class SimilarityError(LookupError):
-    """Unknown video or space, or nothing to search."""
+from catalogfs.errors import SimilarityError  # noqa: F401 (raised here, importable from here)
 
 
 @dataclass(frozen=True)

@@ -37,18 +37,9 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Iterator
 
+from catalogfs.statuses import Status
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-STATUS_OK = "ok"
-STATUS_VIDEO_UNREADABLE = "video_unreadable"
-STATUS_VIDEO_TRUNCATED = "video_truncated"
-STATUS_NO_VIDEO_STREAM = "no_video_stream"
-STATUS_NO_FRAMES = "no_frames"
-STATUS_VIDEO_EMPTY = "video_empty"
-STATUS_NOT_A_VIDEO = "not_a_video"
-STATUS_UNSUPPORTED_CODEC = "unsupported_codec"
-STATUS_VIDEO_UNDECODABLE = "video_undecodable"
-STATUS_VIDEO_TOO_LARGE = "video_too_large"
-STATUS_VIDEO_TOO_LONG = "video_too_long"
 # Why an input file was not taken (SkippedFiles.reasons).
 SKIP_EXTENSION = "not in extract.extensions"
 SKIP_HIDDEN = "hidden"
@@ -356,12 +347,12 @@ def _over_bounds(container, stream, options: ExtractOptions) -> tuple[str, str] 
     """
     width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
     if width * height > options.max_video_pixels:
-        return (STATUS_VIDEO_TOO_LARGE,
+        return (Status.VIDEO_TOO_LARGE,
                 f"the video stream is {width}x{height} = {width * height:,} pixels a frame, "
                 f"over extract.max_video_pixels = {options.max_video_pixels:,}")
     seconds = _declared_seconds(container, stream)
     if seconds is not None and seconds > options.max_video_seconds:
-        return (STATUS_VIDEO_TOO_LONG,
+        return (Status.VIDEO_TOO_LONG,
                 f"the video declares {seconds:,.1f} s, "
                 f"over extract.max_video_seconds = {options.max_video_seconds:g} s")
     return None
@@ -375,9 +366,9 @@ def _open_failure(uri: str, exc: Exception) -> tuple[str, str]:
     if isinstance(exc, av.error.InvalidDataError) and _is_local_file(uri):
         cut = mp4_truncation(uri)
         if cut:
-            return STATUS_VIDEO_TRUNCATED, f"truncated MP4: {cut} ({error})"
-        return STATUS_NOT_A_VIDEO, f"FFmpeg recognises no video container in it ({error})"
-    return STATUS_VIDEO_UNREADABLE, error
+            return Status.VIDEO_TRUNCATED, f"truncated MP4: {cut} ({error})"
+        return Status.NOT_A_VIDEO, f"FFmpeg recognises no video container in it ({error})"
+    return Status.VIDEO_UNREADABLE, error
 
 
 def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
@@ -392,7 +383,7 @@ def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
     now = now or datetime.now(timezone.utc)
     step_ms = 1000.0 / options.sample_fps
     if _is_local_file(uri) and os.path.getsize(uri) == 0:
-        yield _status_row(video_id, uri, STATUS_VIDEO_EMPTY, "the file is empty (0 bytes)", now)
+        yield _status_row(video_id, uri, Status.VIDEO_EMPTY, "the file is empty (0 bytes)", now)
         return
     try:
         container = av.open(uri)
@@ -404,21 +395,21 @@ def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
     with container:
         format_name = container.format.name
         if format_name in _IMAGE_DEMUXERS or format_name.endswith("_pipe"):
-            yield _status_row(video_id, uri, STATUS_NOT_A_VIDEO,
+            yield _status_row(video_id, uri, Status.NOT_A_VIDEO,
                               f"a still image ({format_name}), not a video", now)
             return
         if not container.streams.video:
             cut = mp4_truncation(uri) if _is_local_file(uri) else None
             if cut:
-                yield _status_row(video_id, uri, STATUS_VIDEO_TRUNCATED, f"truncated MP4: {cut}", now)
+                yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED, f"truncated MP4: {cut}", now)
             else:
                 found = ", ".join(s.type for s in container.streams) or "none"
-                yield _status_row(video_id, uri, STATUS_NO_VIDEO_STREAM,
+                yield _status_row(video_id, uri, Status.NO_VIDEO_STREAM,
                                   f"the file has no video stream (streams: {found})", now)
             return
         stream = container.streams.video[0]
         if stream.codec_context is None:
-            yield _status_row(video_id, uri, STATUS_UNSUPPORTED_CODEC,
+            yield _status_row(video_id, uri, Status.UNSUPPORTED_CODEC,
                               f"no decoder in this FFmpeg build for the codec of the video stream ({format_name} container)",
                               now)
             return
@@ -441,7 +432,7 @@ def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
                     "video_id": video_id, "frame_ts_ms": int(round(ts_ms)), "frame_index": kept,
                     "image": jpeg, "width": width, "height": height,
                     "content_sha256": hashlib.sha256(jpeg).hexdigest(), "source_uri": uri,
-                    "status": STATUS_OK, "error": None, "extracted_at": now,
+                    "status": Status.OK, "error": None, "extracted_at": now,
                 }
                 kept += 1
                 if kept >= options.max_frames:
@@ -452,19 +443,19 @@ def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
             error = f"{type(exc).__name__}: {exc}"
             cut = mp4_truncation(uri) if _is_local_file(uri) else None
             if kept or cut:
-                yield _status_row(video_id, uri, STATUS_VIDEO_TRUNCATED,
+                yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED,
                                   f"truncated: {cut or f'decoding stopped after {kept} kept frames'} ({error})", now)
             else:
-                yield _status_row(video_id, uri, STATUS_VIDEO_UNDECODABLE,
+                yield _status_row(video_id, uri, Status.VIDEO_UNDECODABLE,
                                   f"the {stream.codec_context.name} decoder failed before the first frame ({error})",
                                   now)
             return
         cut = mp4_truncation(uri) if _is_local_file(uri) else None
         if kept == 0:
             if cut:
-                yield _status_row(video_id, uri, STATUS_VIDEO_TRUNCATED, f"truncated: {cut}", now)
+                yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED, f"truncated: {cut}", now)
             else:
-                yield _status_row(video_id, uri, STATUS_NO_FRAMES, "no decodable frames", now)
+                yield _status_row(video_id, uri, Status.NO_FRAMES, "no decodable frames", now)
             return
         declared = _declared_end_ms(container, stream)
         interval = 1000.0 / float(stream.average_rate) if stream.average_rate else 100.0
@@ -473,4 +464,4 @@ def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
             if shortfall > max(3 * interval, _TRUNCATION_TOLERANCE_MS):
                 cut = f"frames end at {last_ms / 1000:.2f} s of a declared {declared / 1000:.2f} s"
         if cut:
-            yield _status_row(video_id, uri, STATUS_VIDEO_TRUNCATED, f"truncated: {cut}", now)
+            yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED, f"truncated: {cut}", now)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.job_main import run_main
+from jobs.job_main import run_main
 from features.embedding_run import EmbedResult
 from features.tables import FRAMES, VIDEO_LABELS
 from jobs import embed_frames, extract_frames, make_sample_videos

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
-from catalogfs.run_report import write_run_report
-from catalogfs.job_main import InputError, run_main
+from jobs.run_report import write_run_report
+from catalogfs.errors import InputError
+from jobs.job_main import run_main
 from catalogfs.tracking import job_run
 from features.embedding_run import EmbedResult, ValidationFailed, run_embedding
 from features.tables import FRAMES

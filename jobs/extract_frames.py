@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
-from catalogfs.job_main import InputError, run_main
+from catalogfs.errors import InputError
+from jobs.job_main import run_main
 from catalogfs.tracking import job_run
 from features import delta_writer
 from features.frames import FramesPublish, SourceConflict, frames_dataframe, publish_frames, source_conflicts

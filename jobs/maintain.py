@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.job_main import run_main
+from jobs.job_main import run_main
 from features.maintenance import VacuumResult, apply_retention, sweep_staging
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
-from catalogfs.job_main import EXIT_CONFIG, EXIT_OK, add_common_arguments, config_from_args, setup_logging
-from catalogfs.samples import make_sample_videos, write_corrupt_sample
+from jobs.job_main import EXIT_CONFIG, EXIT_OK, add_common_arguments, config_from_args, setup_logging
+from jobs.samples import make_sample_videos, write_corrupt_sample
 
 
 def run(cfg: Config, *, output: Path | None = None, overwrite: bool = False,

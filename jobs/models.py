@@ -24,19 +24,16 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
-from catalogfs.job_main import InputError
+from catalogfs.errors import InputError
 
 
 def _bundle_from(source: Path, taxonomy_file: Path | None, workdir: Path, flags_file: Path | None = None) -> Path:
-    from udfs.flags import FlagsError, load_flags_file, load_taxonomy
+    from udfs.flags import load_flags_file, load_taxonomy
     from udfs.hf_models import write_transformers_bundle
     from udfs.model_bundle import SPEC_FILE, copy_with_flags
 
-    try:
-        taxonomy = load_taxonomy(taxonomy_file) if taxonomy_file else None
-        flags = load_flags_file(flags_file) if flags_file else None
-    except FlagsError as exc:
-        raise ConfigError(str(exc)) from exc
+    taxonomy = load_taxonomy(taxonomy_file) if taxonomy_file else None  # FlagsError is a ConfigError
+    flags = load_flags_file(flags_file) if flags_file else None
     if flags and taxonomy is not None and taxonomy.flags:
         raise ConfigError(f"flags given twice: in {taxonomy_file} and with --flags {flags_file}; keep one")
     flags = flags or (taxonomy.flags if taxonomy is not None else None)
@@ -143,9 +140,8 @@ def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | No
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from catalogfs.job_main import (EXIT_CONFIG, EXIT_INPUT, EXIT_OK, EXIT_UNAVAILABLE, add_common_arguments,
-                                    config_from_args, setup_logging)
-    from udfs.model_registry import RegistryUnavailable
+    from catalogfs.errors import EXIT_CONFIG, EXIT_OK, CatalogfsError
+    from jobs.job_main import add_common_arguments, config_from_args, setup_logging
 
     parser = argparse.ArgumentParser(prog="catalogfs models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,12 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"catalogfs models: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except InputError as exc:
+    except CatalogfsError as exc:  # missing input, unknown model, registry down: each has its exit code
         print(f"catalogfs models: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except RegistryUnavailable as exc:
-        print(f"catalogfs models: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return exc.exit_code
 
 
 if __name__ == "__main__":

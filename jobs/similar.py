@@ -10,15 +10,12 @@ import sys
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.job_main import InputError, run_main
-from features.similarity import SimilarityError, similar_videos
+from jobs.job_main import run_main
+from features.similarity import similar_videos
 
 
 def run(spark, cfg: Config, *, video_id: str, space: str | None = None, k: int = 10, as_json: bool = False):
-    try:
-        space_id, neighbours = similar_videos(spark, cfg.storage, video_id, space=space, k=k)
-    except SimilarityError as exc:
-        raise InputError(str(exc)) from exc
+    space_id, neighbours = similar_videos(spark, cfg.storage, video_id, space=space, k=k)  # SimilarityError: exit 4
     return video_id, space_id, neighbours, as_json
 
 

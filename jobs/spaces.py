@@ -23,7 +23,8 @@ import uuid
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.job_main import InputError, run_main
+from catalogfs.errors import InputError
+from jobs.job_main import run_main
 from features import promotion
 
 
@@ -55,24 +56,22 @@ def serve_space(spark, cfg: Config, space_id: str, *, run_id: str, note: str = "
 def run(spark, cfg: Config, *, action: str, spaces: list[str], k: int = 10, as_json: bool = False):
     storage = cfg.storage
     run_id = f"spaces-{uuid.uuid4().hex[:12]}"
-    try:
-        if action == "list":
-            return action, promotion.describe_spaces(spark, storage), as_json
-        if action == "compare":
-            if len(spaces) != 2:
-                raise InputError("compare needs two space ids")
-            return action, promotion.compare_spaces(spark, storage, *spaces, k=k).to_dict(), as_json
-        if action == "promote":
-            if len(spaces) != 1:
-                raise InputError("promote needs one space id")
-            served = serve_space(spark, cfg, spaces[0], run_id=run_id)
-            return action, {"current": spaces[0], "serving": _serving(cfg, served)}, as_json
-        if action == "rollback":
-            current, previous = promotion.rollback_target(spark, storage)
-            served = serve_space(spark, cfg, previous, run_id=run_id, note=f"rollback from {current}")
-            return action, {"current": previous, "serving": _serving(cfg, served)}, as_json
-    except promotion.PromotionError as exc:
-        raise InputError(str(exc)) from exc
+    # PromotionError (never published, nothing to roll back to) is an input error: exit 4
+    if action == "list":
+        return action, promotion.describe_spaces(spark, storage), as_json
+    if action == "compare":
+        if len(spaces) != 2:
+            raise InputError("compare needs two space ids")
+        return action, promotion.compare_spaces(spark, storage, *spaces, k=k).to_dict(), as_json
+    if action == "promote":
+        if len(spaces) != 1:
+            raise InputError("promote needs one space id")
+        served = serve_space(spark, cfg, spaces[0], run_id=run_id)
+        return action, {"current": spaces[0], "serving": _serving(cfg, served)}, as_json
+    if action == "rollback":
+        current, previous = promotion.rollback_target(spark, storage)
+        served = serve_space(spark, cfg, previous, run_id=run_id, note=f"rollback from {current}")
+        return action, {"current": previous, "serving": _serving(cfg, served)}, as_json
     raise InputError(f"unknown action {action!r}")
 
 

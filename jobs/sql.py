@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.job_main import run_main
+from jobs.job_main import run_main
 
 
 def run(spark, cfg: Config, *, query: str, limit: int = 50, as_json: bool = False):

@@ -14,15 +14,13 @@ import uuid
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.job_main import InputError, run_main
-from features.similarity import SimilarityError, write_video_neighbors
+from jobs.job_main import run_main
+from features.similarity import write_video_neighbors
 
 
 def run(spark, cfg: Config, *, space: str | None = None, k: int = 10):
-    try:
-        return write_video_neighbors(spark, cfg.storage, space=space, k=k, run_id=f"neighbors-{uuid.uuid4().hex[:12]}")
-    except SimilarityError as exc:
-        raise InputError(str(exc)) from exc
+    # SimilarityError (unknown space, nothing to search) is an input error: exit 4
+    return write_video_neighbors(spark, cfg.storage, space=space, k=k, run_id=f"neighbors-{uuid.uuid4().hex[:12]}")
 
 
 def print_result(result, cfg: Config) -> None:

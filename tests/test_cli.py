@@ -3,7 +3,7 @@
 
 import pytest
 
-from catalogfs import cli
+from jobs import cli
 from jobs import embed_frames, make_sample_videos
 
 

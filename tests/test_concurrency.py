@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from features.embedding_run import run_embedding
 from features.publish import PublishConflict, is_commit_conflict, publish_with_retries
 from features.spaces import EmbeddingSpace

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import photo_bytes
 from udfs.efficientnet_lite import EfficientNetLite0, build_efficientnet_lite0, load_packaged_state_dict
 from udfs.engine import EmbeddingEngine, EngineOptions
-from udfs.images import STATUS_EMPTY, STATUS_UNDECODABLE
+from catalogfs.statuses import Status
 from udfs.model_bundle import BundleError, load_bundle
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -67,7 +67,7 @@ def test_batching_does_not_change_results(default_bundle, engine):
 def test_bad_images_become_status_rows_in_place(engine):
     images = [b"", photo_bytes("coffee.png"), b"\xff\xd8\xff garbage", None]
     result = engine.embed(images)
-    assert result.statuses == [STATUS_EMPTY, "ok", STATUS_UNDECODABLE, STATUS_EMPTY]
+    assert result.statuses == [Status.EMPTY_IMAGE, "ok", Status.UNDECODABLE_IMAGE, Status.EMPTY_IMAGE]
     assert result.embeddings[0] is None and result.embeddings[2] is None
     assert result.embeddings[1] is not None and result.label_names[1][0] == "espresso"
 
@@ -269,7 +269,7 @@ def test_forced_tensor_decode_keeps_results_and_statuses(default_bundle, engine)
               photo_bytes("rocket.jpg"), None, photo_bytes("astronaut.png")]
     forced = tensor_engine.embed(images)
     plain = EmbeddingEngine(engine.model, EngineOptions(batch_size=4, max_image_pixels=limit)).embed(images)
-    assert forced.statuses == plain.statuses == ["ok", "ok", STATUS_UNDECODABLE, "image_too_large", STATUS_EMPTY, "ok"]
+    assert forced.statuses == plain.statuses == ["ok", "ok", Status.UNDECODABLE_IMAGE, "image_too_large", Status.EMPTY_IMAGE, "ok"]
     for a, b in zip(forced.embeddings, plain.embeddings):
         assert (a is None) == (b is None)
         if a is not None:

@@ -16,7 +16,7 @@ import pytest
 
 import features.video_frames as vf
 from catalogfs.config import DEFAULT_CONF_DIR, ConfigError, load_config
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
 NFD_NAME = unicodedata.normalize("NFD", "café ünïcode name")  # how macOS writes accented names
 
@@ -191,8 +191,8 @@ def _frames(spark, cfg) -> dict[str, set[tuple[str, str]]]:
 
 
 def test_an_id_from_another_file_is_refused_until_replaced(spark, inputs_cfg, tmp_path, capsys):
-    from catalogfs import cli
-    from catalogfs.job_main import InputError
+    from jobs import cli
+    from catalogfs.errors import InputError
     from features import delta_writer
     from jobs import extract_frames
 
@@ -268,7 +268,7 @@ def test_skipped_files_are_in_the_result_and_the_log(spark, inputs_cfg, tmp_path
 # ---------------------------------------------------------------- arguments (no Spark: they fail first)
 
 def test_input_and_manifest_exclude_each_other(capsys):
-    from catalogfs import cli
+    from jobs import cli
 
     assert cli.main(["extract-frames", "--input", "/v", "--manifest", "ids.csv"]) == 2
     err = capsys.readouterr().err
@@ -276,7 +276,7 @@ def test_input_and_manifest_exclude_each_other(capsys):
 
 
 def test_only_skipped_files_is_no_videos_naming_them(cfg, tmp_path):
-    from catalogfs.job_main import InputError
+    from catalogfs.errors import InputError
     from jobs import extract_frames
 
     _touch(tmp_path, "poster.gif", "notes.txt")

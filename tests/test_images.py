@@ -5,7 +5,8 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import photo_bytes
-from udfs.images import STATUS_EMPTY, STATUS_OK, STATUS_TOO_LARGE, STATUS_UNDECODABLE, decode_image
+from catalogfs.statuses import Status
+from udfs.images import decode_image
 
 LIMIT = 40_000_000
 
@@ -18,20 +19,20 @@ def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def test_jpeg_decodes_to_rgb():
     out = decode_image(photo_bytes("chelsea.png"), max_pixels=LIMIT)
-    assert out.status == STATUS_OK and out.image.mode == "RGB" and out.image.size == (451, 300)
+    assert out.status == Status.OK and out.image.mode == "RGB" and out.image.size == (451, 300)
 
 
 def test_empty_and_garbage_become_statuses():
-    assert decode_image(b"", max_pixels=LIMIT).status == STATUS_EMPTY
-    assert decode_image(None, max_pixels=LIMIT).status == STATUS_EMPTY
+    assert decode_image(b"", max_pixels=LIMIT).status == Status.EMPTY_IMAGE
+    assert decode_image(None, max_pixels=LIMIT).status == Status.EMPTY_IMAGE
     garbage = decode_image(np.random.default_rng(0).bytes(5000), max_pixels=LIMIT)
-    assert garbage.status == STATUS_UNDECODABLE and garbage.image is None
+    assert garbage.status == Status.UNDECODABLE_IMAGE and garbage.image is None
 
 
 def test_truncated_jpeg_is_undecodable_not_a_crash():
     data = photo_bytes("chelsea.png")
     out = decode_image(data[: len(data) // 3], max_pixels=LIMIT)
-    assert out.status == STATUS_UNDECODABLE
+    assert out.status == Status.UNDECODABLE_IMAGE
     assert "truncated" in out.error.lower() or "image file" in out.error.lower()
 
 
@@ -41,7 +42,7 @@ def test_modes_become_rgb():
     assert out.image.mode == "RGB" and out.image.getpixel((0, 0)) == (255, 255, 255)
     gray16 = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))
     out = decode_image(_encode(gray16, "PNG"), max_pixels=LIMIT)
-    assert out.status == STATUS_OK and out.image.getpixel((0, 0)) == (0, 0, 0)
+    assert out.status == Status.OK and out.image.getpixel((0, 0)) == (0, 0, 0)
     assert out.image.getpixel((1, 0)) == (255, 255, 255)
     cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
     assert decode_image(_encode(cmyk, "JPEG"), max_pixels=LIMIT).image.mode == "RGB"
@@ -64,6 +65,6 @@ def test_decompression_bomb_is_refused_from_the_header():
 
     header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
     out = decode_image(header + chunk(b"IEND", b""), max_pixels=LIMIT)
-    assert out.status == STATUS_TOO_LARGE and "pixels" in out.error
+    assert out.status == Status.IMAGE_TOO_LARGE and "pixels" in out.error
     small_limit = decode_image(photo_bytes("chelsea.png"), max_pixels=1000)
-    assert small_limit.status == STATUS_TOO_LARGE
+    assert small_limit.status == Status.IMAGE_TOO_LARGE

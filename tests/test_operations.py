@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
 from catalogfs.tracking import configure_mlflow
 from features import promotion
 from jobs import embed_frames, extract_frames, models, spaces

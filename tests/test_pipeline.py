@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
 from features import delta_writer
 from jobs import embed_frames, extract_frames
 from tests.conftest import with_database

@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from catalogfs import cli
+from jobs import cli
 from catalogfs.config import DEFAULT_CONF_DIR
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from features import delta_writer
 from features.publish import publish_candidates
 from features.spaces import EmbeddingSpace

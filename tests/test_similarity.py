@@ -37,7 +37,7 @@ def test_exclude_self_and_small_corpus():
 
 @pytest.fixture(scope="module")
 def space(spark, cfg, tmp_path_factory):
-    from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
     from jobs import embed_frames, extract_frames
     from tests.conftest import with_database
 

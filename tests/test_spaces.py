@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.tracking import configure_mlflow
 from features import promotion
 from jobs import embed_frames, extract_frames, spaces

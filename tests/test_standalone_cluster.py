@@ -14,7 +14,7 @@ import pytest
 
 import pyspark
 from catalogfs.config import PROJECT_ROOT
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
 SPARK_HOME = Path(pyspark.__file__).parent
 MASTER = "org.apache.spark.deploy.master.Master"

@@ -171,7 +171,7 @@ def test_pickle_only_transformers_folder_is_refused(tmp_path, vit_bundle):
 
 def test_registered_transformers_models_write_spaces_beside_the_default(spark, cfg, tmp_path_factory,
                                                                        clip_bundle, vit_bundle):
-    from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
     from jobs import embed_frames, extract_frames, models
     from tests.conftest import with_database
 
@@ -295,7 +295,7 @@ def test_flags_reach_delta_on_an_existing_data_root(spark, cfg, tmp_path_factory
 
     from pyspark.sql.types import StructType
 
-    from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
     from features import delta_writer, promotion
     from features.tables import FRAME_EMBEDDINGS
     from jobs import embed_frames, extract_frames, models

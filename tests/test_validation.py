@@ -8,7 +8,7 @@ import pytest
 
 from pyspark.sql import functions as F
 
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.tracking import configure_mlflow
 from expectations.runner import validate_candidates
 from expectations.suites import SuiteParams, frame_embeddings_suite

@@ -7,11 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from catalogfs.statuses import Status
 from features.video_frames import (
-    STATUS_OK,
-    STATUS_VIDEO_TRUNCATED,
-    STATUS_VIDEO_UNREADABLE,
     ExtractOptions,
     extract_video_frames,
     list_videos,
@@ -33,7 +31,7 @@ _DETERMINISM_PHOTOS = ("cat_chelsea", "coffee_cup")  # a zoom and a pan
 _HASH_SAMPLES = """
 import hashlib, json, sys
 from pathlib import Path
-from catalogfs.samples import SAMPLE_PHOTOS, make_sample_videos
+from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 args, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 wanted, n_runs = args.pop("photos"), args.pop("runs")
 photos = tuple(p for p in SAMPLE_PHOTOS if p.video_id in wanted)
@@ -98,10 +96,10 @@ def test_corrupt_and_missing_videos_become_status_rows(cat_video, tmp_path):
     corrupt = write_corrupt_sample(tmp_path, source=cat_video)
     rows = list(extract_video_frames("bad", str(corrupt), ExtractOptions()))
     assert len(rows) == 1
-    assert rows[0]["status"] == STATUS_VIDEO_TRUNCATED and "'mdat' box" in rows[0]["error"]
+    assert rows[0]["status"] == Status.VIDEO_TRUNCATED and "'mdat' box" in rows[0]["error"]
     assert rows[0]["frame_ts_ms"] == -1 and rows[0]["image"] is None and rows[0]["error"]
     missing = list(extract_video_frames("nope", str(tmp_path / "missing.mp4"), ExtractOptions()))
-    assert [r["status"] for r in missing] == [STATUS_VIDEO_UNREADABLE]
+    assert [r["status"] for r in missing] == [Status.VIDEO_UNREADABLE]
     assert "No such file" in missing[0]["error"]
 
 
@@ -119,11 +117,11 @@ def test_each_bad_video_gets_a_precise_status(bad_videos, name):
     (frame_ts_ms = -1, no image) whose status and error say what is wrong; never an exception."""
     video = bad_videos[name]
     rows = list(extract_video_frames(name, str(video.path), ExtractOptions(sample_fps=1.0)))
-    ok = [r for r in rows if r["status"] == STATUS_OK]
-    status_rows = [r for r in rows if r["status"] != STATUS_OK]
+    ok = [r for r in rows if r["status"] == Status.OK]
+    status_rows = [r for r in rows if r["status"] != Status.OK]
     for r in ok:
         assert r["frame_ts_ms"] >= 0 and r["image"] and r["error"] is None
-    if video.status == STATUS_OK:
+    if video.status == Status.OK:
         assert status_rows == []
         assert [r["frame_ts_ms"] for r in ok] == FULL_FRAMES_AT_1FPS
         return

@@ -27,13 +27,13 @@ import torch
 
 from udfs.flags import FLAG_SCORE_SIGMOID
 from udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
-from udfs.images import STATUS_OK, decode_image
+from catalogfs.statuses import Status
+from udfs.images import decode_image
 from udfs.model_bundle import BundleError, LoadedModel, load_bundle
 from udfs.onnx_runtime import OnnxExportError, load_onnx_module, onnx_available
 
 log = logging.getLogger(__name__)
 
-STATUS_INFERENCE_ERROR = "inference_error"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class _Prepared:
     """One frame after decode and preprocessing: pixels (host array or device tensor) or a status."""
 
     pixels: np.ndarray | torch.Tensor | None
-    status: str = STATUS_OK
+    status: str = Status.OK
     error: str | None = None
 
     @property
@@ -277,7 +277,7 @@ class EmbeddingEngine:
         """Decode, preprocess and embed ``images``; undecodable ones get a status row instead."""
         n = len(images)
         result = EmbeddingResult(
-            embeddings=[None] * n, statuses=[STATUS_OK] * n, errors=[None] * n,
+            embeddings=[None] * n, statuses=[Status.OK] * n, errors=[None] * n,
             label_names=[[] for _ in range(n)], label_scores=[[] for _ in range(n)],
             flags=[None] * n, flag_scores=[None] * n,
         )
@@ -299,7 +299,7 @@ class EmbeddingEngine:
                     run(indices[half:], arrays[half:])
                     return
                 for i in indices:
-                    result.statuses[i] = STATUS_INFERENCE_ERROR
+                    result.statuses[i] = Status.INFERENCE_ERROR
                     result.errors[i] = f"{type(exc).__name__}: {exc}"[:500]
                 return
             result.forward_passes += 1

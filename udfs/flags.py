@@ -23,14 +23,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from catalogfs.errors import FlagsError  # noqa: F401 (raised here, importable from here)
 
 FLAG_SCORE_SIGMOID = "sigmoid"
 FLAG_SCORE_SOFTMAX = "softmax"
 FLAG_SCORES = (FLAG_SCORE_SIGMOID, FLAG_SCORE_SOFTMAX)
-
-
-class FlagsError(ValueError):
-    """A flags spec or taxonomy file is malformed, or names labels the model does not have."""
 
 
 def parse_flags(data: Any, *, source: str) -> dict[str, float]:

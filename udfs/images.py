@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-STATUS_OK = "ok"
-STATUS_EMPTY = "empty_image"
-STATUS_UNDECODABLE = "undecodable_image"
-STATUS_TOO_LARGE = "image_too_large"
+from catalogfs.statuses import Status
+
 
 
 @dataclass(frozen=True)
@@ -52,27 +50,27 @@ def decode_image(data: bytes | bytearray | memoryview | None, *, max_pixels: int
     EXIF orientation is applied.
     """
     if data is None or len(data) == 0:
-        return DecodeOutcome(None, STATUS_EMPTY, "no image bytes")
+        return DecodeOutcome(None, Status.EMPTY_IMAGE, "no image bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(bytes(data)))
             width, height = img.size
             if width <= 0 or height <= 0:
-                return DecodeOutcome(None, STATUS_UNDECODABLE, f"invalid size {width}x{height}")
+                return DecodeOutcome(None, Status.UNDECODABLE_IMAGE, f"invalid size {width}x{height}")
             if width * height > max_pixels:
                 return DecodeOutcome(
-                    None, STATUS_TOO_LARGE,
+                    None, Status.IMAGE_TOO_LARGE,
                     f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
                 )
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", draft_size)
             img.load()
             img = ImageOps.exif_transpose(img)
-            return DecodeOutcome(_to_rgb(img), STATUS_OK)
+            return DecodeOutcome(_to_rgb(img), Status.OK)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return DecodeOutcome(None, STATUS_TOO_LARGE, str(exc))
+        return DecodeOutcome(None, Status.IMAGE_TOO_LARGE, str(exc))
     except UnidentifiedImageError:
-        return DecodeOutcome(None, STATUS_UNDECODABLE, "not a recognised image format")
+        return DecodeOutcome(None, Status.UNDECODABLE_IMAGE, "not a recognised image format")
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        return DecodeOutcome(None, STATUS_UNDECODABLE, f"{type(exc).__name__}: {exc}")
+        return DecodeOutcome(None, Status.UNDECODABLE_IMAGE, f"{type(exc).__name__}: {exc}")

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from udfs.preprocess import PreprocessSpec
+from catalogfs.errors import BundleError  # noqa: F401 (raised here, importable from here)
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -74,10 +75,6 @@ class LoadedModel:
         if self.directory is None:
             return []
         return sorted(p for p in self.directory.rglob("*") if p.is_file())
-
-
-class BundleError(ValueError):
-    """A model bundle is missing, incomplete or unsafe; the message names the file."""
 
 
 def _build_efficientnet_lite0(directory: Path, spec: BundleSpec) -> tuple[torch.nn.Module, list[str]]:

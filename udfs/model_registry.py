@@ -17,15 +17,12 @@ from urllib.parse import unquote, urlparse
 
 from udfs.model_bundle import BundleSpec, read_spec, write_bundle
 from udfs.preprocess import PreprocessSpec
+from catalogfs.errors import ModelResolutionError, RegistryUnavailable  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FAMILY = "efficientnet_lite0"
 DEFAULT_LABEL_SET = "imagenet-1k"
-
-
-class ModelResolutionError(LookupError):
-    """The registry has no model (or no alias) by the name a job asked for."""
 
 
 @dataclass(frozen=True)
@@ -148,10 +145,6 @@ def register_bundle(client, name: str, bundle_dir: Path, *, alias: str | None,
         client.set_registered_model_alias(name, alias, version)
     log.info("registered %s version %s (alias %s) from %s", name, version, alias, source)
     return str(version)
-
-
-class RegistryUnavailable(RuntimeError):
-    """The registry kept failing (locked database, HTTP 5xx, network) after bounded retries."""
 
 
 @dataclass(frozen=True)

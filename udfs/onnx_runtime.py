@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from catalogfs.errors import OnnxExportError  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ TOLERANCE = 1e-4  # largest absolute difference allowed between the two runtimes
 OUTPUTS = ("pooled", "logits")
 _CHECK_BATCH = 2
 _private_dir: tuple[int, Path] | None = None  # (pid, folder): the fallback of this process
-
-
-class OnnxExportError(RuntimeError):
-    """The model could not be exported, or the export computes something else than the model."""
 
 
 def onnx_available() -> bool:

@@ -1,11 +1,6 @@
 """What every job's ``main(argv)`` shares: arguments, config, logging, Spark, exit codes.
 
-Exit codes (documented in the README):
-  0 success · 1 unexpected error (a bug: traceback shown) · 2 bad config or arguments ·
-  3 validation failed or candidates of the wrong schema, nothing published ·
-  4 missing input (no videos, no table, no model, bad SQL) ·
-  5 the publish kept losing commit races to concurrent writers, or Delta skipped it (retried; rerun the job) ·
-  6 the model registry kept failing (locked database, HTTP 5xx; retried; rerun the job)
+Exit codes: :mod:`catalogfs.errors` (each error carries its own; documented in the README).
 
 Every message, log record and traceback is scrubbed of the config's secrets
 (:mod:`catalogfs.redaction`).
@@ -19,22 +14,13 @@ import sys
 import traceback
 from typing import Any, Callable, Sequence
 
-from catalogfs.config import ConfigError, Config, load_config
+from catalogfs.config import Config, load_config
+from catalogfs.errors import (
+    EXIT_CONFIG, EXIT_ERROR, EXIT_INPUT, EXIT_OK, CatalogfsError, ConfigError,
+)
 from catalogfs.redaction import install_log_redaction, redact, redact_text, secret_values
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_VALIDATION = 3
-EXIT_INPUT = 4
-EXIT_CONFLICT = 5
-EXIT_UNAVAILABLE = 6
-
 log = logging.getLogger("catalogfs")
-
-
-class InputError(RuntimeError):
-    """Input the job needs is missing or unusable (no videos, no frames table, …)."""
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,11 +57,6 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     """Parse ``argv``, load config, build Spark, run ``job(spark, cfg)``, map failures to exit codes."""
     from pyspark.errors import AnalysisException
 
-    from features.delta_writer import SchemaMismatch
-    from features.embedding_run import ValidationFailed
-    from features.publish import PublishConflict
-    from udfs.model_registry import ModelResolutionError, RegistryUnavailable
-
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_common_arguments(parser)
     if configure:
@@ -109,16 +90,10 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
         if report is not None:
             report(result, cfg)
         return EXIT_OK
-    except (ValidationFailed, SchemaMismatch) as exc:
-        return fail(str(exc), EXIT_VALIDATION)
-    except (InputError, ModelResolutionError) as exc:
-        return fail(str(exc), EXIT_INPUT)
-    except PublishConflict as exc:
-        return fail(str(exc), EXIT_CONFLICT)
-    except RegistryUnavailable as exc:
-        return fail(str(exc), EXIT_UNAVAILABLE)
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
+    except CatalogfsError as exc:  # every reported error carries its exit code (catalogfs.errors)
+        return fail(str(exc), exc.exit_code)
     except AnalysisException as exc:  # a missing table or column, bad SQL: its first line says which
         message = exc.getMessage() if hasattr(exc, "getMessage") else str(exc)
         return fail((message.strip().splitlines() or ["analysis error"])[0], EXIT_INPUT)
