@@ -7,7 +7,7 @@ a. ``model_only``     the engine's forward on pre-made tensors (the ceiling of o
 b. ``plain_loop``     an in-process PyTorch loop from JPEG bytes: PIL decode, torchvision
                       transforms, eager forward — what a user would write (with the glibc
                       allocator settings of FACTS.md; ``plain_loop_untuned`` runs without them)
-c. ``catalogfs``      our Spark embed stage (``features.embedding_run.compute_frame_candidates``)
+c. ``catalogfs``      our Spark embed stage (``features.staging.compute_frame_candidates``)
 d. ``predict_batch_udf``  ``pyspark.ml.functions.predict_batch_udf`` over the binary column, same
                       weights, eager forward, same preprocessing
 e. ``naive_udf``      a pandas UDF that loads the model in every batch
@@ -212,7 +212,7 @@ def _spark_udf_column(variant: str, spark, cfg, workdir: Path, batch: int, loads
 
     bundle = str(workdir / "bundle")
     if variant == "catalogfs":
-        from features.embedding_run import compute_frame_candidates
+        from features.staging import compute_frame_candidates
         from features.spaces import EmbeddingSpace
         from udfs.model_registry import ResolvedModel, default_bundle_spec
 

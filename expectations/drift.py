@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from catalogfs.statuses import Status
 
 _MATCH = ["video_id", "frame_ts_ms", "content_sha256"]
 
@@ -16,13 +17,13 @@ _MATCH = ["video_id", "frame_ts_ms", "content_sha256"]
 def with_drift_cosine(candidates: DataFrame, reference: DataFrame) -> DataFrame:
     """Add ``drift_cosine``: cosine between each ok candidate vector and the reference vector of the
     same frame content (null where there is none). Both sides are unit vectors."""
-    ref = (reference.where(F.col("status") == "ok")
+    ref = (reference.where(F.col("status") == Status.OK)
            .select(*_MATCH, F.col("embedding").alias("_ref_embedding")))
     joined = candidates.join(ref, _MATCH, "left")
     dot = F.aggregate(F.zip_with("embedding", "_ref_embedding", lambda x, y: x.cast("double") * y),
                       F.lit(0.0).cast("double"), lambda acc, v: acc + v)
     return joined.withColumn("drift_cosine", F.when(
-        (F.col("status") == "ok") & F.col("_ref_embedding").isNotNull(), dot)).drop("_ref_embedding")
+        (F.col("status") == Status.OK) & F.col("_ref_embedding").isNotNull(), dot)).drop("_ref_embedding")
 
 
 def label_shift(candidates: DataFrame, reference: DataFrame) -> DataFrame:
@@ -30,7 +31,7 @@ def label_shift(candidates: DataFrame, reference: DataFrame) -> DataFrame:
     candidates and reference over the frames both have (0 = same, 1 = disjoint), and
     ``matched_frames``."""
     def top1(df: DataFrame, name: str) -> DataFrame:
-        return (df.where((F.col("status") == "ok") & (F.size("labels") > 0))
+        return (df.where((F.col("status") == Status.OK) & (F.size("labels") > 0))
                 .select(*_MATCH, F.col("labels")[0].alias(name)))
 
     both = top1(candidates, "label_c").join(top1(reference, "label_r"), _MATCH)

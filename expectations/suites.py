@@ -13,6 +13,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
+from catalogfs.statuses import Status
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def frame_embeddings_suite(p: SuiteParams, columns: tuple[str, ...] = ()) -> gx.
         expectations.append(gxe.ExpectColumnValuesToBeInSet(column="pipeline_failure", value_set=[False],
                                                             mostly=max(1.0 - p.max_reject_rate, 0.0)))
     else:  # no classification column: every non-ok status counts
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"],
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="status", value_set=[Status.OK.value],
                                                             mostly=max(1.0 - p.max_reject_rate, 0.0)))
     if "drift_cosine" in columns:  # unchanged frames stay close to the published space
         expectations.append(gxe.ExpectColumnValuesToBeBetween(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from catalogfs.statuses import Status
 
 
 def with_vector_checks(df: DataFrame, *, embedding: str = "embedding") -> DataFrame:
@@ -24,14 +25,14 @@ def with_vector_checks(df: DataFrame, *, embedding: str = "embedding") -> DataFr
                                                       lambda acc, x: acc + x.cast("double") * x)))
            .withColumn("emb_finite", finite))
     if "status" in df.columns:
-        out = out.withColumn("emb_missing_when_ok", (F.col("status") == "ok") & vec.isNull())
+        out = out.withColumn("emb_missing_when_ok", (F.col("status") == Status.OK) & vec.isNull())
     return out
 
 
 def with_status_checks(df: DataFrame, *, input_statuses: frozenset[str]) -> DataFrame:
     """Add ``pipeline_failure``: the row is not ok and its status is not one of the input's own
     (bad upload) statuses — what the run's reject rate counts."""
-    return df.withColumn("pipeline_failure", (F.col("status") != "ok")
+    return df.withColumn("pipeline_failure", (F.col("status") != Status.OK)
                          & ~F.col("status").isin(sorted(input_statuses)))
 
 

@@ -24,6 +24,7 @@ from catalogfs.config import StorageConfig
 from features import delta_writer
 from features.tables import FRAMES
 from features.video_frames import ExtractOptions, extract_video_frames
+from catalogfs.statuses import Status
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,6 @@ def publish_frames(spark: SparkSession, storage: StorageConfig, staged: DataFram
                 delete_scope=delta_writer.scope_condition("video_id", list(video_ids)),
             )
     return FramesPublish(
-        videos=len(video_ids), frames=counts.get("ok", 0), status_counts=counts, changed_rows=changed,
+        videos=len(video_ids), frames=counts.get(Status.OK, 0), status_counts=counts, changed_rows=changed,
         table_version=delta_writer.table_version(spark, storage, FRAMES.name),
     )

@@ -22,6 +22,7 @@ from catalogfs.config import Config
 from features import delta_writer
 from features.spaces import EmbeddingSpace
 from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.statuses import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ REPAIR_HISTORY = 100
 _EVERY_PUBLISH = {FRAME_EMBEDDINGS.name, VIDEO_EMBEDDINGS.name, VIDEO_LABELS.name}
 # A run's own lineage row replaces one a repair wrote for it (never a promotion row).
 _SAME_ATTEMPT = ("t.run_id = s.run_id AND t.embedding_space = s.embedding_space "
-                 "AND t.status <> 'promoted' AND s.status <> 'promoted'")
+                 f"AND t.status <> '{RunStatus.PROMOTED}' AND s.status <> '{RunStatus.PROMOTED}'")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def repair_lineage(spark: SparkSession, cfg: Config, space: EmbeddingSpace, *, r
     for dead, versions in sorted(missing.items()):
         complete = _EVERY_PUBLISH <= set(versions)
         report = cfg.storage.reports_dir / dead / "validation"
-        attempt = Attempt(run_id=dead, status="published" if complete else "interrupted", table_versions=versions,
+        attempt = Attempt(run_id=dead, status=RunStatus.PUBLISHED if complete else RunStatus.INTERRUPTED, table_versions=versions,
                           validation_success=True, validation_report=str(report) if report.exists() else None,
                           note=f"recovered by run {run_id}: the run stopped after its "
                                f"{'publish' if complete else 'commits to ' + ', '.join(sorted(versions))}, "

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from catalogfs.statuses import Status
 
 _POOLED_SCHEMA = "video_id string, embedding_space string, embedding array<float>, n_frames int"
 
@@ -37,7 +38,7 @@ def pool_video_embeddings(frame_embeddings: DataFrame) -> DataFrame:
 
     Returns video_id, embedding_space, embedding, n_frames (plus model_name, model_version).
     """
-    ok = frame_embeddings.where((F.col("status") == "ok") & F.col("embedding").isNotNull())
+    ok = frame_embeddings.where((F.col("status") == Status.OK) & F.col("embedding").isNotNull())
     pooled = (ok.select("video_id", "embedding_space", "embedding")
               .groupBy("video_id", "embedding_space").applyInPandas(_pool_group, _POOLED_SCHEMA))
     models = ok.groupBy("video_id", "embedding_space").agg(
@@ -53,7 +54,7 @@ def aggregate_video_labels(frame_embeddings: DataFrame, *, top_k: int) -> DataFr
     frames that had it in their top-k. Returns video_id, embedding_space, label, score, rank,
     n_frames_supporting, model_name, model_version.
     """
-    ok = frame_embeddings.where((F.col("status") == "ok") & F.col("labels").isNotNull())
+    ok = frame_embeddings.where((F.col("status") == Status.OK) & F.col("labels").isNotNull())
     per_video = ok.groupBy("video_id", "embedding_space").agg(
         F.count(F.lit(1)).alias("n_ok"), F.max("model_name").alias("model_name"),
         F.max("model_version").alias("model_version"))
@@ -81,7 +82,7 @@ def aggregate_video_flags(frame_embeddings: DataFrame, *, thresholds: Mapping[st
     model's flags spec (label → threshold), recorded in each row. Returns video_id, embedding_space,
     flag, max_score, n_frames_flagged, first_flag_ts_ms, threshold, model_name, model_version.
     """
-    ok = frame_embeddings.where((F.col("status") == "ok") & (F.size("flags") > 0))
+    ok = frame_embeddings.where((F.col("status") == Status.OK) & (F.size("flags") > 0))
     exploded = ok.select(
         "video_id", "embedding_space", "frame_ts_ms", "model_name", "model_version",
         F.explode(F.arrays_zip(F.col("flags").alias("flag"), F.col("flag_scores").alias("score"))).alias("f"),

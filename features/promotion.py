@@ -22,6 +22,7 @@ from features import delta_writer
 from features.knn import top_k_neighbours
 from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
 from catalogfs.errors import PromotionError  # noqa: F401 (raised here, importable from here)
+from catalogfs.statuses import RunStatus, Status
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _lineage(spark: SparkSession, storage: StorageConfig):
 
 def promotion_history(spark: SparkSession, storage: StorageConfig) -> list[str]:
     """Spaces in the order they were promoted (oldest first)."""
-    rows = (_lineage(spark, storage).where(F.col("status") == "promoted")
+    rows = (_lineage(spark, storage).where(F.col("status") == RunStatus.PROMOTED)
             .orderBy("finished_at").select("embedding_space").collect())
     return [r["embedding_space"] for r in rows]
 
@@ -45,7 +46,7 @@ def current_space(spark: SparkSession, storage: StorageConfig) -> str | None:
 
 
 def published_spaces(spark: SparkSession, storage: StorageConfig) -> list[str]:
-    rows = (_lineage(spark, storage).where(F.col("status") == "published")
+    rows = (_lineage(spark, storage).where(F.col("status") == RunStatus.PUBLISHED)
             .select("embedding_space").distinct().orderBy("embedding_space").collect())
     return [r["embedding_space"] for r in rows]
 
@@ -62,7 +63,7 @@ class SpaceModel:
 
 def space_model(spark: SparkSession, storage: StorageConfig, space_id: str) -> SpaceModel | None:
     """Model name and version of a published space (from its newest ``published`` lineage row)."""
-    row = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == "published"))
+    row = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == RunStatus.PUBLISHED))
            .orderBy(F.desc("finished_at")).select("model_name", "model_version", "dim").first())
     return None if row is None else SpaceModel(space_id, row["model_name"], row["model_version"], row["dim"])
 
@@ -82,11 +83,11 @@ def promote(spark: SparkSession, storage: StorageConfig, space_id: str, *, run_i
     model version (the caller moves the registry's serving alias to it, see ``jobs/spaces.py``)."""
     owner = require_published(spark, storage, space_id)
     _create_views(spark, storage, space_id, CURRENT_VIEWS)
-    source = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == "published"))
+    source = (_lineage(spark, storage).where((F.col("embedding_space") == space_id) & (F.col("status") == RunStatus.PUBLISHED))
               .orderBy(F.desc("finished_at")).first())
     now = datetime.now(timezone.utc)
     row = source.asDict()
-    row.update(run_id=run_id, status="promoted", note=note, frames_embedded=0, started_at=now, finished_at=now)
+    row.update(run_id=run_id, status=RunStatus.PROMOTED, note=note, frames_embedded=0, started_at=now, finished_at=now)
     delta_writer.append_rows(spark, storage, FEATURE_VERSIONS,
                              spark.createDataFrame([row], FEATURE_VERSIONS.schema))
     log.info("current space is now %s (%s)", space_id, note)
@@ -172,7 +173,7 @@ def compare_spaces(spark: SparkSession, storage: StorageConfig, space_a: str, sp
     among the shared videos; ``top_label_agreement`` the share of shared videos whose rank-1 label is
     equal (None when either space has no labels).
     """
-    fe = spark.table(storage.qualified(FRAME_EMBEDDINGS.name)).where(F.col("status") == "ok")
+    fe = spark.table(storage.qualified(FRAME_EMBEDDINGS.name)).where(F.col("status") == Status.OK)
     keys_a = fe.where(F.col("embedding_space") == space_a).select("video_id", "frame_ts_ms")
     keys_b = fe.where(F.col("embedding_space") == space_b).select("video_id", "frame_ts_ms")
     frames_a, frames_b = keys_a.count(), keys_b.count()
@@ -202,7 +203,7 @@ def compare_spaces(spark: SparkSession, storage: StorageConfig, space_a: str, sp
 def describe_spaces(spark: SparkSession, storage: StorageConfig) -> list[dict]:
     """One entry per published space: model, version, dim, last publish, whether it is current."""
     current = current_space(spark, storage)
-    rows = (_lineage(spark, storage).where(F.col("status") == "published")
+    rows = (_lineage(spark, storage).where(F.col("status") == RunStatus.PUBLISHED)
             .groupBy("embedding_space", "model_name", "model_version", "dim")
             .agg(F.max("finished_at").alias("last_published"), F.count(F.lit(1)).alias("publishes"))
             .orderBy("last_published").collect())
@@ -212,6 +213,6 @@ def describe_spaces(spark: SparkSession, storage: StorageConfig) -> list[dict]:
 
 
 def _last_versions(spark: SparkSession, storage: StorageConfig, space: str) -> str | None:
-    row = (_lineage(spark, storage).where((F.col("embedding_space") == space) & (F.col("status") == "published"))
+    row = (_lineage(spark, storage).where((F.col("embedding_space") == space) & (F.col("status") == RunStatus.PUBLISHED))
            .orderBy(F.desc("finished_at")).select("table_versions").first())
     return row["table_versions"] if row else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -20,6 +21,7 @@ from catalogfs import failpoints
 from catalogfs.config import Config
 from features import delta_writer
 from features.spaces import EmbeddingSpace
+from features.staging import Staged
 from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
 from catalogfs.errors import PublishConflict, PublishSkipped  # noqa: F401 (raised here, importable from here)
 
@@ -136,3 +138,13 @@ def own_commit(spark: SparkSession, cfg: Config, table: str, run_id: str, *, sin
         if commit.get("run_id") == run_id and commit["operation"] == "MERGE":
             return commit["version"]
     return None
+
+
+def publish_staged(spark: SparkSession, cfg: Config, space: EmbeddingSpace, staged: Staged, *, run_id: str,
+                   started: datetime, first_publish: bool) -> dict[str, int]:
+    """Publish a run's staged rows (:func:`publish_with_retries`); returns table → the version this
+    run committed. ``first_publish``: the space has no rows yet (it is registered in each table's
+    properties)."""
+    return publish_with_retries(spark, cfg, space, staged.state, staged.video_emb, staged.video_lab,
+                                staged.video_ids, run_id=run_id, txn_version=int(started.timestamp() * 1000),
+                                video_flags=staged.video_flags, register=first_publish)

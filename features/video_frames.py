@@ -371,6 +371,15 @@ def _open_failure(uri: str, exc: Exception) -> tuple[str, str]:
     return Status.VIDEO_UNREADABLE, error
 
 
+@dataclass
+class _Decoded:
+    """What the decode loop of one video saw: frames kept, the last timestamp, whether it was capped."""
+
+    kept: int = 0
+    last_ms: float | None = None
+    capped: bool = False  # stopped at extract.max_frames: the rest of the video was not read
+
+
 def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
                          now: datetime | None = None) -> Iterator[dict]:
     """Yield frame rows of one video: the first frame at or after each multiple of 1/sample_fps s.
@@ -381,87 +390,100 @@ def extract_video_frames(video_id: str, uri: str, options: ExtractOptions,
     import av
 
     now = now or datetime.now(timezone.utc)
-    step_ms = 1000.0 / options.sample_fps
     if _is_local_file(uri) and os.path.getsize(uri) == 0:
         yield _status_row(video_id, uri, Status.VIDEO_EMPTY, "the file is empty (0 bytes)", now)
         return
     try:
         container = av.open(uri)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        status, error = _open_failure(uri, exc)
-        yield _status_row(video_id, uri, status, error, now)
+        yield _status_row(video_id, uri, *_open_failure(uri, exc), now)
         return
-    kept = 0
     with container:
-        format_name = container.format.name
-        if format_name in _IMAGE_DEMUXERS or format_name.endswith("_pipe"):
-            yield _status_row(video_id, uri, Status.NOT_A_VIDEO,
-                              f"a still image ({format_name}), not a video", now)
-            return
-        if not container.streams.video:
-            cut = mp4_truncation(uri) if _is_local_file(uri) else None
-            if cut:
-                yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED, f"truncated MP4: {cut}", now)
-            else:
-                found = ", ".join(s.type for s in container.streams) or "none"
-                yield _status_row(video_id, uri, Status.NO_VIDEO_STREAM,
-                                  f"the file has no video stream (streams: {found})", now)
+        refusal = _unusable(container, uri, options)
+        if refusal:
+            yield _status_row(video_id, uri, *refusal, now)
             return
         stream = container.streams.video[0]
-        if stream.codec_context is None:
-            yield _status_row(video_id, uri, Status.UNSUPPORTED_CODEC,
-                              f"no decoder in this FFmpeg build for the codec of the video stream ({format_name} container)",
-                              now)
-            return
-        over = _over_bounds(container, stream, options)
-        if over:
-            yield _status_row(video_id, uri, *over, now)
-            return
-        stream.thread_type = "AUTO"
-        next_ms, last_ms = 0.0, None
+        decoded = _Decoded()
         try:
-            for frame in container.decode(stream):
-                if frame.pts is None or frame.time is None:
-                    continue
-                ts_ms = frame.time * 1000.0
-                last_ms = ts_ms if last_ms is None else max(last_ms, ts_ms)
-                if ts_ms + 0.5 < next_ms:
-                    continue
-                jpeg, width, height = _encode_jpeg(frame, options)
-                yield {
-                    "video_id": video_id, "frame_ts_ms": int(round(ts_ms)), "frame_index": kept,
-                    "image": jpeg, "width": width, "height": height,
-                    "content_sha256": hashlib.sha256(jpeg).hexdigest(), "source_uri": uri,
-                    "status": Status.OK, "error": None, "extracted_at": now,
-                }
-                kept += 1
-                if kept >= options.max_frames:
-                    return
-                while next_ms <= ts_ms + 0.5:
-                    next_ms += step_ms
+            yield from _sampled_frames(container, stream, video_id, uri, options, now, decoded)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            cut = mp4_truncation(uri) if _is_local_file(uri) else None
-            if kept or cut:
-                yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED,
-                                  f"truncated: {cut or f'decoding stopped after {kept} kept frames'} ({error})", now)
-            else:
-                yield _status_row(video_id, uri, Status.VIDEO_UNDECODABLE,
-                                  f"the {stream.codec_context.name} decoder failed before the first frame ({error})",
-                                  now)
+            yield _status_row(video_id, uri, *_decode_failure(uri, stream, decoded, exc), now)
             return
+        verdict = None if decoded.capped else _end_verdict(container, stream, uri, decoded)
+        if verdict:
+            yield _status_row(video_id, uri, *verdict, now)
+
+
+def _unusable(container, uri: str, options: ExtractOptions) -> tuple[str, str] | None:
+    """(status, error) when the opened file is no video we decode (a still image, no video stream,
+    no decoder, past the bounds), read from the header alone; else None."""
+    format_name = container.format.name
+    if format_name in _IMAGE_DEMUXERS or format_name.endswith("_pipe"):
+        return Status.NOT_A_VIDEO, f"a still image ({format_name}), not a video"
+    if not container.streams.video:
         cut = mp4_truncation(uri) if _is_local_file(uri) else None
-        if kept == 0:
-            if cut:
-                yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED, f"truncated: {cut}", now)
-            else:
-                yield _status_row(video_id, uri, Status.NO_FRAMES, "no decodable frames", now)
-            return
-        declared = _declared_end_ms(container, stream)
-        interval = 1000.0 / float(stream.average_rate) if stream.average_rate else 100.0
-        if cut is None and declared is not None and last_ms is not None:
-            shortfall = declared - (last_ms + interval)
-            if shortfall > max(3 * interval, _TRUNCATION_TOLERANCE_MS):
-                cut = f"frames end at {last_ms / 1000:.2f} s of a declared {declared / 1000:.2f} s"
         if cut:
-            yield _status_row(video_id, uri, Status.VIDEO_TRUNCATED, f"truncated: {cut}", now)
+            return Status.VIDEO_TRUNCATED, f"truncated MP4: {cut}"
+        found = ", ".join(s.type for s in container.streams) or "none"
+        return Status.NO_VIDEO_STREAM, f"the file has no video stream (streams: {found})"
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        return (Status.UNSUPPORTED_CODEC,
+                f"no decoder in this FFmpeg build for the codec of the video stream ({format_name} container)")
+    return _over_bounds(container, stream, options)
+
+
+def _sampled_frames(container, stream, video_id: str, uri: str, options: ExtractOptions, now: datetime,
+                    decoded: _Decoded) -> Iterator[dict]:
+    """Frame rows of the first frame at or after each multiple of 1/sample_fps s (``decoded`` is
+    updated as frames go by; decoding errors propagate)."""
+    step_ms = 1000.0 / options.sample_fps
+    stream.thread_type = "AUTO"
+    next_ms = 0.0
+    for frame in container.decode(stream):
+        if frame.pts is None or frame.time is None:
+            continue
+        ts_ms = frame.time * 1000.0
+        decoded.last_ms = ts_ms if decoded.last_ms is None else max(decoded.last_ms, ts_ms)
+        if ts_ms + 0.5 < next_ms:
+            continue
+        jpeg, width, height = _encode_jpeg(frame, options)
+        yield {
+            "video_id": video_id, "frame_ts_ms": int(round(ts_ms)), "frame_index": decoded.kept,
+            "image": jpeg, "width": width, "height": height,
+            "content_sha256": hashlib.sha256(jpeg).hexdigest(), "source_uri": uri,
+            "status": Status.OK, "error": None, "extracted_at": now,
+        }
+        decoded.kept += 1
+        if decoded.kept >= options.max_frames:
+            decoded.capped = True
+            return
+        while next_ms <= ts_ms + 0.5:
+            next_ms += step_ms
+
+
+def _decode_failure(uri: str, stream, decoded: _Decoded, exc: Exception) -> tuple[str, str]:
+    """(status, error) for a decoder that failed part-way (truncated) or before the first frame."""
+    error = f"{type(exc).__name__}: {exc}"
+    cut = mp4_truncation(uri) if _is_local_file(uri) else None
+    if decoded.kept or cut:
+        return (Status.VIDEO_TRUNCATED,
+                f"truncated: {cut or f'decoding stopped after {decoded.kept} kept frames'} ({error})")
+    return (Status.VIDEO_UNDECODABLE,
+            f"the {stream.codec_context.name} decoder failed before the first frame ({error})")
+
+
+def _end_verdict(container, stream, uri: str, decoded: _Decoded) -> tuple[str, str] | None:
+    """(status, error) for a video that decoded to its end without error but is cut short (its
+    frames stop well before the declared duration, or its MP4 boxes are cut) or gave no frame."""
+    cut = mp4_truncation(uri) if _is_local_file(uri) else None
+    if decoded.kept == 0:
+        return (Status.VIDEO_TRUNCATED, f"truncated: {cut}") if cut else (Status.NO_FRAMES, "no decodable frames")
+    declared = _declared_end_ms(container, stream)
+    interval = 1000.0 / float(stream.average_rate) if stream.average_rate else 100.0
+    if cut is None and declared is not None and decoded.last_ms is not None:
+        shortfall = declared - (decoded.last_ms + interval)
+        if shortfall > max(3 * interval, _TRUNCATION_TOLERANCE_MS):
+            cut = f"frames end at {decoded.last_ms / 1000:.2f} s of a declared {declared / 1000:.2f} s"
+    return (Status.VIDEO_TRUNCATED, f"truncated: {cut}") if cut else None

@@ -18,6 +18,7 @@ from jobs.job_main import run_main
 from features.embedding_run import EmbedResult
 from features.tables import FRAMES, VIDEO_LABELS
 from jobs import embed_frames, extract_frames, make_sample_videos
+from catalogfs.statuses import Status
 
 
 @dataclass
@@ -39,7 +40,7 @@ def run(spark, cfg: Config) -> DemoResult:
     top: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
         top.setdefault(r["video_id"], []).append((r["label"], float(r["score"])))
-    n_frames = spark.table(q(FRAMES.name)).where("status = 'ok'").count()
+    n_frames = spark.table(q(FRAMES.name)).where(f"status = '{Status.OK}'").count()
     return DemoResult(extract=extracted, embed=embedded, top_labels=top, n_frames=n_frames)
 
 

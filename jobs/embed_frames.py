@@ -24,6 +24,7 @@ from catalogfs.tracking import job_run
 from features.embedding_run import EmbedResult, ValidationFailed, run_embedding
 from features.tables import FRAMES
 from udfs.model_registry import ModelRef, ensure_default_model, resolve_model
+from catalogfs.statuses import Status
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
 
 def _reject_rate(result: EmbedResult) -> float:
     total = sum(result.status_counts.values())
-    return 0.0 if total == 0 else 1 - result.status_counts.get("ok", 0) / total
+    return 0.0 if total == 0 else 1 - result.status_counts.get(Status.OK, 0) / total
 
 
 def print_result(result: EmbedResult, cfg: Config) -> None:

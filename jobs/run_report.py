@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from catalogfs.config import Config
 from features.embedding_run import EmbedResult
 from features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.statuses import Status
 
 THUMB = (160, 90)
 
@@ -91,7 +92,7 @@ def write_run_report(spark: SparkSession, cfg: Config, result: EmbedResult) -> P
         points = project_2d(np.stack([np.asarray(r["embedding"], np.float64) for r in videos]))
         _projection_png(out / "projection.png", ids, points, [top.get(v, "?") for v in ids])
         images.append(("projection.png", "Video embeddings in 2-D"))
-        sample = (spark.table(q(FRAMES.name)).where(F.col("status") == "ok")
+        sample = (spark.table(q(FRAMES.name)).where(F.col("status") == Status.OK)
                   .where(F.col("video_id").isin(ids)).orderBy("video_id", "frame_ts_ms")
                   .select("video_id", "image").collect())
         groups: dict[str, list[bytes]] = {}

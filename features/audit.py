@@ -1,0 +1,120 @@
+"""Audit: every Great Expectations suite on a run's staged rows, before anything is published.
+
+Frame and video rows get their vector, score and status checks; the run's bad input is measured
+against the whole space (one row, :func:`input_rejects`); a space that replaces another version
+of the same model is compared with it (vector drift and label shift).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from catalogfs.config import Config
+from catalogfs.statuses import INPUT_STATUSES
+from expectations.drift import label_shift, with_drift_cosine
+from expectations.runner import ValidationOutcome, validate_candidates
+from expectations.suites import (
+    SuiteParams,
+    drift_suite,
+    frame_embeddings_suite,
+    input_rejects_suite,
+    video_embeddings_suite,
+    video_flags_suite,
+    video_labels_suite,
+)
+from expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
+from features.promotion import SpaceModel
+from features.run_plan import RunPlan
+from features.spaces import EmbeddingSpace
+from features.staging import Staged
+from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """The outcome of a run's suites, where their report is, and warnings for the run summary."""
+
+    outcome: ValidationOutcome
+    report_dir: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+def audit_staged(spark: SparkSession, cfg: Config, space: EmbeddingSpace, plan: RunPlan, staged: Staged,
+                 current: SpaceModel | None, *, report_dir: Path) -> Audit:
+    """Run every suite on ``staged``; results and Data Docs go under ``report_dir``."""
+    params = suite_params(cfg, space, plan)
+    candidates = staged.candidates
+    frame_checks = with_status_checks(with_score_checks(with_vector_checks(candidates)), input_statuses=INPUT_STATUSES)
+    rejects, warnings = input_rejects(spark, plan, staged)
+    checks = {"input_rejects": (rejects, input_rejects_suite(params))}
+    if staged.video_flags is not None:
+        checks[VIDEO_FLAGS.name] = (staged.video_flags, video_flags_suite(params))
+    reference = drift_reference(space, current)
+    if reference is not None:
+        log.info("checking drift against the current space %s", reference)
+        ref_rows = in_space_id(spark, cfg, reference)
+        frame_checks = with_drift_cosine(frame_checks, ref_rows)
+        checks["label_drift"] = (label_shift(candidates, ref_rows), drift_suite(params))
+    outcome = validate_candidates({
+        FRAME_EMBEDDINGS.name: (frame_checks, frame_embeddings_suite(params, tuple(frame_checks.columns))),
+        VIDEO_EMBEDDINGS.name: (with_vector_checks(staged.video_emb), video_embeddings_suite(params)),
+        VIDEO_LABELS.name: (staged.video_lab, video_labels_suite(params)),
+        **checks,
+    }, report_dir, driver_max_rows=cfg.validation.driver_max_rows)
+    return Audit(outcome, report_dir, warnings)
+
+
+def suite_params(cfg: Config, space: EmbeddingSpace, plan: RunPlan) -> SuiteParams:
+    v = cfg.validation
+    return SuiteParams(dim=space.dim, norm_tolerance=v.norm_tolerance, max_reject_rate=v.max_reject_rate,
+                       expected_rows=plan.frames_to_embed, drift_min_cosine=v.drift_min_cosine,
+                       drift_min_share=v.drift_min_share, max_label_shift=v.max_label_shift,
+                       max_input_reject_rate=v.max_input_reject_rate,
+                       max_input_rejects_per_run=v.max_input_rejects_per_run)
+
+
+def input_rejects(spark: SparkSession, plan: RunPlan, staged: Staged) -> tuple[DataFrame, list[str]]:
+    """One row: the share of the space's frame rows that will be bad input after this publish
+    (``space_bad_input_share``; the published rows of unaffected videos plus the affected videos'
+    next state) and this run's new bad-input frames (``run_bad_input``). Warns when every new
+    frame of the run is bad input: those are published as status rows, the run succeeds."""
+    bad = F.col("status").isin(sorted(INPUT_STATUSES))
+    state = staged.state.agg(F.count(F.lit(1)).alias("n"), F.count(F.when(bad, 1)).alias("bad")).first()
+    affected = [plan.per_video.get(v, (0, 0)) for v in staged.video_ids]
+    total = plan.published_frames - sum(a[0] for a in affected) + int(state["n"])
+    bad_total = plan.published_bad_input - sum(a[1] for a in affected) + int(state["bad"])
+    counts: Mapping[str, int] = staged.stats.status_counts
+    run_bad = sum(n for status, n in counts.items() if status in INPUT_STATUSES)
+    warnings = []
+    if run_bad and run_bad == staged.stats.frames_embedded:
+        message = (f"all {run_bad} new frames of this run are bad input "
+                   f"({', '.join(sorted(s for s in counts if s in INPUT_STATUSES))}): published as "
+                   f"status rows; the space's share of bad input is {bad_total}/{max(total, 1)}")
+        log.warning(message)
+        warnings.append(message)
+    row = spark.createDataFrame(
+        [(total, bad_total, bad_total / total if total else 0.0, run_bad)],
+        "space_frames long, space_bad_input long, space_bad_input_share double, run_bad_input long")
+    return row, warnings
+
+
+def in_space_id(spark: SparkSession, cfg: Config, space_id: str) -> DataFrame:
+    """Published frame embeddings of one space."""
+    return (spark.table(cfg.storage.qualified(FRAME_EMBEDDINGS.name))
+            .where(F.col("embedding_space") == space_id))
+
+
+def drift_reference(space: EmbeddingSpace, current: SpaceModel | None) -> str | None:
+    """The current space, when it is another version of the same registered model with the same
+    dimension (vectors of unrelated models are not comparable); else None."""
+    if current is None or current.space == space.id:
+        return None
+    return current.space if (current.model_name, current.dim) == (space.model_name, space.dim) else None

@@ -1,0 +1,158 @@
+"""Stage: embed the planned frames into a staging folder, then derive every row the publish would
+write (the affected videos' next frame state, video embeddings, labels and flags), as Parquet.
+
+Nothing here touches a published table: validation reads the staged rows and publish copies them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Mapping
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from catalogfs.config import Config
+from catalogfs.progress import Progress
+from catalogfs.statuses import Status
+from features import delta_writer
+from features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
+from features.run_plan import FRAME_KEYS, RunPlan, SpaceTables
+from features.spaces import EmbeddingSpace
+from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from udfs.engine import EngineOptions
+from udfs.model_registry import ResolvedModel
+from udfs.spark_udf import make_embed_udf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """What the embedding stage did (from Spark accumulators and one grouped count)."""
+
+    frames_embedded: int = 0
+    forward_passes: int = 0
+    model_loads: int = 0  # times a Python worker loaded the model (≤ workers)
+    embed_seconds: float = 0.0
+    status_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A run's candidates, staged as Parquet: what validation reads and publish copies."""
+
+    candidates: DataFrame  # the new frame rows (frame_embeddings schema)
+    state: DataFrame  # every frame row the affected videos will have after publish
+    video_emb: DataFrame
+    video_lab: DataFrame
+    video_flags: DataFrame | None  # None: the model has no flags
+    video_ids: list[str]  # the affected videos: new frames, orphan rows, stale video rows
+    stats: StageStats
+
+
+def engine_options(cfg: Config) -> EngineOptions:
+    inf = cfg.inference
+    return EngineOptions(batch_size=inf.batch_size, device=inf.device, num_threads=inf.num_threads,
+                         top_k=inf.top_k, max_image_pixels=inf.max_image_pixels,
+                         max_batch_bytes=inf.max_batch_bytes, gpu_decode=inf.gpu_decode,
+                         runtime=inf.runtime)
+
+
+def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: ResolvedModel,
+                             space: EmbeddingSpace, cfg: Config, *, run_id: str,
+                             computed_at: datetime, forward_passes=None, frames_done=None,
+                             model_loads=None) -> DataFrame:
+    """Run the embed UDF over ``frames``; returns rows with the ``frame_embeddings`` schema.
+
+    Frames that arrived with a non-ok status keep it (and get no vector); frames the engine could
+    not decode get the engine's status.
+    """
+    udf = make_embed_udf(model.source_uri, engine_options(cfg),
+                         cache_dir=str(cfg.storage.model_cache_dir / model.name / model.version),
+                         forward_passes=forward_passes, frames_done=frames_done, model_loads=model_loads)
+    frame_ok = F.col("status") == Status.OK
+    out = frames.withColumn("_r", udf(F.col("image")))
+    return out.select(
+        "video_id", "frame_ts_ms",
+        F.lit(space.id).alias("embedding_space"),
+        F.when(frame_ok, F.col("_r.embedding")).alias("embedding"),
+        "content_sha256",
+        F.when(frame_ok, F.col("_r.labels")).alias("labels"),
+        F.when(frame_ok, F.col("_r.label_scores")).alias("label_scores"),
+        F.when(frame_ok, F.col("_r.flags")).alias("flags"),
+        F.when(frame_ok, F.col("_r.flag_scores")).alias("flag_scores"),
+        F.when(frame_ok, F.col("_r.status")).otherwise(F.col("status")).alias("status"),
+        F.when(frame_ok, F.col("_r.error")).otherwise(F.col("error")).alias("error"),
+        F.lit(model.name).alias("model_name"),
+        F.lit(model.version).alias("model_version"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(computed_at).cast("timestamp").alias("computed_at"),
+    )
+
+
+def next_frame_state(frames: DataFrame, candidates: DataFrame, published: DataFrame,
+                     video_ids: list[str]) -> DataFrame:
+    """The frame embeddings the affected videos will have after publish (candidates win)."""
+    current = frames.where(F.col("video_id").isin(video_ids)).select(*FRAME_KEYS, "content_sha256")
+    merged = candidates.unionByName(
+        published.where(F.col("video_id").isin(video_ids))
+        .join(candidates.select(*FRAME_KEYS), FRAME_KEYS, "left_anti"))
+    cond = [current[k] == merged[k] for k in FRAME_KEYS] + [current["content_sha256"].eqNullSafe(merged["content_sha256"])]
+    return merged.join(current, cond, "left_semi")
+
+
+def stage_run(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace, plan: RunPlan,
+              tables: SpaceTables, flags: Mapping[str, float], *, run_id: str, started: datetime,
+              staging: Path) -> Staged:
+    """Embed ``plan.todo`` into ``staging``, then stage the next frame state and the video-level
+    rows of every affected video (new frames, orphans, stale rows). ``flags``: label → threshold
+    (empty: the model has no flags, no video_flags rows)."""
+    candidates, stats, embedded = _embed(spark, cfg, model, space, plan, run_id=run_id, started=started,
+                                         staging=staging)
+    video_ids = sorted(embedded | set(plan.orphan_videos) | set(plan.stale_videos))
+    state = delta_writer.write_staging(next_frame_state(tables.frames, candidates, tables.frame_embeddings, video_ids),
+                                       staging / "frame_state")
+
+    def video_rows(df: DataFrame, table: str, **extra) -> DataFrame:
+        df = df.withColumn("run_id", F.lit(run_id)).withColumn("computed_at", F.lit(started).cast("timestamp"))
+        for name, value in extra.items():
+            df = df.withColumn(name, F.lit(value))
+        return delta_writer.write_staging(df, staging / table)
+
+    taxonomy = space.taxonomy_version
+    video_emb = video_rows(pool_video_embeddings(state), VIDEO_EMBEDDINGS.name)
+    video_lab = video_rows(aggregate_video_labels(state, top_k=cfg.labels.top_k_per_video), VIDEO_LABELS.name,
+                           taxonomy_version=taxonomy)
+    video_flags = (video_rows(aggregate_video_flags(state, thresholds=dict(flags)), VIDEO_FLAGS.name,
+                              taxonomy_version=taxonomy) if flags else None)
+    return Staged(candidates, state, video_emb, video_lab, video_flags, video_ids, stats)
+
+
+def _embed(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace, plan: RunPlan, *,
+           run_id: str, started: datetime, staging: Path) -> tuple[DataFrame, StageStats, set[str]]:
+    """The embed UDF over the planned frames, written to staging (the one step that runs the model).
+    Returns the staged candidates, what the stage did, and the videos of the candidates."""
+    n_todo, todo, sc = plan.frames_to_embed, plan.todo, spark.sparkContext
+    passes, frames_done, model_loads = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
+    if n_todo:
+        todo = todo.repartition(max(1, min(sc.defaultParallelism * 2, math.ceil(n_todo / cfg.inference.batch_size))))
+        log.info("embedding %d frames into space %s", n_todo, space.id)
+    candidates = compute_frame_candidates(spark, todo, model, space, cfg, run_id=run_id, computed_at=started,
+                                          forward_passes=passes, frames_done=frames_done, model_loads=model_loads)
+    t0 = time.monotonic()
+    with Progress("embedding", n_todo, frames_done):
+        candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
+    seconds = time.monotonic() - t0
+    counts: dict[str, int] = {}
+    by_video_status = candidates.groupBy("video_id", "status").count().collect()  # one small job for both
+    for r in by_video_status:
+        counts[r["status"]] = counts.get(r["status"], 0) + int(r["count"])
+    stats = StageStats(frames_embedded=n_todo, forward_passes=int(passes.value), model_loads=int(model_loads.value),
+                       embed_seconds=seconds, status_counts=counts)
+    return candidates, stats, {r["video_id"] for r in by_video_status}
