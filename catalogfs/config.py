@@ -161,8 +161,13 @@ class ModelConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    batch_size: int = Field(32, ge=1, le=4096)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """How the engine runs: the one description of :class:`udfs.engine.EngineOptions`, which
+    ``EngineOptions.from_config`` builds from this section, each option from the field of its name."""
+
+    batch_size: int = Field(32, ge=1, le=4096, description=(
+        "Frames per forward pass (a batch is also cut by max_batch_bytes)."))
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "auto: CUDA when torch sees a device, else CPU; cuda without a device is an error."))
     num_threads: int = Field(1, ge=1, le=256, description="torch threads per Python worker.")
     top_k: int = Field(5, ge=1, le=100, description="Labels kept per frame.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb limit (width*height).")

@@ -44,6 +44,8 @@ class Status(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     # the engine (udfs/engine.py): a batch or frame that failed on the device
     INFERENCE_ERROR = "inference_error"
+    # the engine: a decoded frame its model's preprocessing could not take (a pipeline failure)
+    PREPROCESS_ERROR = "preprocess_error"
 
 
 class RunStatus(StrEnum):

@@ -176,7 +176,7 @@ def publish_audited(spark: SparkSession, cfg: Config, space: EmbeddingSpace, pla
 
 def model_flags(model: ResolvedModel) -> dict[str, float]:
     """The model's flags (label → threshold); empty for models without flags."""
-    return dict(model.spec.options.get("flags") or {})
+    return dict(model.spec.flags.thresholds)
 
 
 def current_space_model(spark: SparkSession, cfg: Config) -> SpaceModel | None:

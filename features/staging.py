@@ -57,11 +57,8 @@ class Staged:
 
 
 def engine_options(cfg: Config) -> EngineOptions:
-    inf = cfg.inference
-    return EngineOptions(batch_size=inf.batch_size, device=inf.device, num_threads=inf.num_threads,
-                         top_k=inf.top_k, max_image_pixels=inf.max_image_pixels,
-                         max_batch_bytes=inf.max_batch_bytes, gpu_decode=inf.gpu_decode,
-                         runtime=inf.runtime)
+    """The engine's options, from the ``inference`` section of the config (one source of truth)."""
+    return EngineOptions.from_config(cfg.inference)
 
 
 def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: ResolvedModel,

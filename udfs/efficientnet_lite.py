@@ -4,16 +4,25 @@
 Two details decide whether the converted weights give the right answers: TensorFlow "SAME" padding
 (asymmetric, computed from the input size) and BatchNorm eps 1e-3. Lite0 has no squeeze-excite and
 uses ReLU6. Parameter names follow the converted state dict (``_conv_stem``, ``_blocks.N...``).
+
+Also the ``efficientnet_lite0`` model family (:data:`FAMILY`, see :mod:`udfs.families`): bundles
+with ``model.safetensors`` and ``labels.txt``, no family options.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+
+from udfs.bundle_format import WEIGHTS_FILE, BundleError, BundleSpec, read_labels
+from udfs.flags import FLAG_SCORE_SOFTMAX
 
 EMBEDDING_DIM = 1280
 NUM_CLASSES = 1000
@@ -151,3 +160,37 @@ def build_efficientnet_lite0(state_dict: dict[str, torch.Tensor]) -> EfficientNe
             f"unexpected={unexpected[:5]}"
         )
     return model.eval()
+
+
+@dataclass(frozen=True)
+class EfficientNetLite0Options:
+    """EfficientNet-Lite0 bundles have no family options: one kind, labels from ``labels.txt``."""
+
+    kind: str = "efficientnet_lite0"
+    taxonomy: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+class EfficientNetLite0Family:
+    """The ``efficientnet_lite0`` family (:class:`udfs.families.ModelFamily`)."""
+
+    name = "efficientnet_lite0"
+    serves_onnx_on_cpu = True  # exports exactly (checked against PyTorch at load)
+
+    def options(self, spec: BundleSpec) -> EfficientNetLite0Options:
+        return EfficientNetLite0Options()
+
+    def build(self, directory: Path, spec: BundleSpec) -> tuple[nn.Module, list[str]]:
+        weights = Path(directory) / WEIGHTS_FILE
+        if not weights.exists():
+            raise BundleError(f"{weights}: weights file missing (bundles carry safetensors weights only)")
+        # loaded bundles serve inference only: BatchNorm is folded into the convolutions here
+        return build_efficientnet_lite0(load_file(str(weights))).fold_batchnorm(), read_labels(directory)
+
+    def label_names(self, directory: Path, spec: BundleSpec) -> list[str]:
+        return read_labels(directory)
+
+    def flag_score(self, directory: Path, spec: BundleSpec) -> str:
+        return FLAG_SCORE_SOFTMAX  # one softmax over the ImageNet classes
+
+
+FAMILY = EfficientNetLite0Family()

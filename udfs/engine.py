@@ -18,40 +18,50 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from catalogfs.statuses import Status
+from udfs.families import serves_onnx_on_cpu
 from udfs.flags import FLAG_SCORE_SIGMOID
 from udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
-from catalogfs.statuses import Status
 from udfs.images import decode_image
 from udfs.model_bundle import BundleError, LoadedModel, load_bundle
 from udfs.onnx_runtime import OnnxExportError, load_onnx_module, onnx_available
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the engine runs without the config layer (pydantic, yaml)
+    from catalogfs.config import InferenceConfig
 
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine runs (not what it computes): see ``inference.*`` in the README."""
+    """How the engine runs (not what it computes).
+
+    Each field is the ``inference.*`` setting of the same name: what it means, the values it
+    takes and its default are those of :class:`catalogfs.config.InferenceConfig`, the one
+    description (tests/test_options.py keeps the two in step). Jobs build the options with
+    :meth:`from_config`; tests and benchmarks may set fields directly.
+    """
 
     batch_size: int = 32
     device: str = "auto"
     num_threads: int = 1
     top_k: int = 5
     max_image_pixels: int = 40_000_000
-    # A batch is also flushed before its preprocessed tensor would exceed this many bytes (0: no limit).
     max_batch_bytes: int = 256 * 1024 * 1024
-    # "auto": decode JPEG frames with torchvision on the GPU when running on CUDA; "off": always PIL.
     gpu_decode: str = "auto"
-    # "auto": ONNX Runtime on CPU for the model families known to export exactly (outputs checked
-    # against PyTorch at load), PyTorch otherwise; "torch": always PyTorch; "onnxruntime": required.
     runtime: str = "auto"
+
+    @classmethod
+    def from_config(cls, inference: "InferenceConfig") -> "EngineOptions":
+        """The options an ``inference`` config section sets: every field, by its name."""
+        return cls(**{f.name: getattr(inference, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -59,7 +69,7 @@ class EmbeddingResult:
     """One entry per input image, in input order. Failed rows have ``embedding is None``."""
 
     embeddings: list[np.ndarray | None] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
     label_names: list[list[str]] = field(default_factory=list)
     label_scores: list[list[float]] = field(default_factory=list)
@@ -68,6 +78,13 @@ class EmbeddingResult:
     flags: list[list[str] | None] = field(default_factory=list)
     flag_scores: list[list[float] | None] = field(default_factory=list)
     forward_passes: int = 0
+
+    @classmethod
+    def empty(cls, n: int) -> "EmbeddingResult":
+        """``n`` rows, each ok with nothing computed yet."""
+        return cls(embeddings=[None] * n, statuses=[Status.OK] * n, errors=[None] * n,
+                   label_names=[[] for _ in range(n)], label_scores=[[] for _ in range(n)],
+                   flags=[None] * n, flag_scores=[None] * n)
 
 
 class BatchOutput(NamedTuple):
@@ -85,7 +102,7 @@ class _Prepared:
     """One frame after decode and preprocessing: pixels (host array or device tensor) or a status."""
 
     pixels: np.ndarray | torch.Tensor | None
-    status: str = Status.OK
+    status: Status = Status.OK
     error: str | None = None
 
     @property
@@ -126,7 +143,7 @@ def pick_device(requested: str) -> torch.device:
 
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
-ONNX_FAMILIES = ("efficientnet_lite0",)  # families "auto" serves with ONNX Runtime on CPU
+GPU_DECODE_MODES = ("auto", "off")
 
 
 def wants_onnx(options: EngineOptions, device: torch.device, model: LoadedModel) -> bool:
@@ -137,14 +154,14 @@ def wants_onnx(options: EngineOptions, device: torch.device, model: LoadedModel)
         if device.type != "cpu":
             raise ValueError("inference.runtime 'onnxruntime' runs on CPU only; use 'auto' or 'torch' on CUDA")
         return True
-    return (options.runtime == "auto" and device.type == "cpu" and model.spec.family in ONNX_FAMILIES
+    return (options.runtime == "auto" and device.type == "cpu" and serves_onnx_on_cpu(model.spec.family)
             and model.directory is not None and onnx_available())
 
 
 def use_gpu_decode(options: EngineOptions, device: torch.device, preprocess) -> bool:
     """Whether JPEG frames are decoded by torchvision on the GPU: only on CUDA, with
     ``gpu_decode: auto``, when torchvision imports and the preprocessing has a tensor twin."""
-    if options.gpu_decode not in ("auto", "off"):
+    if options.gpu_decode not in GPU_DECODE_MODES:
         raise ValueError(f"gpu_decode must be 'auto' or 'off', got {options.gpu_decode!r}")
     return (options.gpu_decode == "auto" and device.type == "cuda"
             and tensor_preprocess_supported(preprocess) and gpu_decode_available())
@@ -183,13 +200,14 @@ class EmbeddingEngine:
                           if self.device.type == "cuda" and not self.gpu_decode else None)
 
     def _init_flags(self, model: LoadedModel) -> None:
-        flags = dict(model.spec.options.get("flags") or {})
+        settings = model.spec.flags
+        flags = settings.thresholds
         unknown = sorted(set(flags) - set(model.labels))
         if unknown:
             raise BundleError(f"model spec flags {unknown} are not labels of the model")
         self.flag_labels: list[str] = list(flags)
         self.flag_thresholds = np.asarray([flags[label] for label in self.flag_labels], dtype=np.float32)
-        self.flag_sigmoid = model.spec.options.get("flag_score") == FLAG_SCORE_SIGMOID
+        self.flag_sigmoid = settings.score == FLAG_SCORE_SIGMOID
         self._flag_index = (torch.tensor([model.labels.index(label) for label in self.flag_labels],
                                          dtype=torch.long, device=self.device) if flags else None)
 
@@ -256,7 +274,7 @@ class EmbeddingEngine:
         try:
             return _Prepared(self.preprocess.to_array(outcome.image))
         except (OSError, ValueError) as exc:
-            return _Prepared(None, "preprocess_error", f"{type(exc).__name__}: {exc}")
+            return _Prepared(None, Status.PREPROCESS_ERROR, f"{type(exc).__name__}: {exc}")
 
     def _prepared(self, images: Sequence[bytes | bytearray | memoryview | None]) -> Iterator[_Prepared]:
         """``_prepare`` over ``images`` in order; with a prefetch pool, up to two batches ahead."""
@@ -275,64 +293,62 @@ class EmbeddingEngine:
 
     def embed(self, images: Sequence[bytes | bytearray | memoryview | None]) -> EmbeddingResult:
         """Decode, preprocess and embed ``images``; undecodable ones get a status row instead."""
-        n = len(images)
-        result = EmbeddingResult(
-            embeddings=[None] * n, statuses=[Status.OK] * n, errors=[None] * n,
-            label_names=[[] for _ in range(n)], label_scores=[[] for _ in range(n)],
-            flags=[None] * n, flag_scores=[None] * n,
-        )
-        pending_idx: list[int] = []
-        pending_arr: list[np.ndarray | torch.Tensor] = []
-        pending_bytes = 0
+        result = EmbeddingResult.empty(len(images))
+        for indices, pixels in self._batches(images, result):
+            self._run(indices, pixels, result)
+        return result
 
-        def run(indices: list[int], arrays: list[np.ndarray | torch.Tensor]) -> None:
-            """Forward a batch; on out-of-memory halve it and retry, down to single frames."""
-            try:
-                out = self._forward(self._stack(arrays))
-            except (RuntimeError, ValueError) as exc:
-                if _is_out_of_memory(exc) and len(indices) > 1:
-                    self._release_memory()
-                    half = len(indices) // 2
-                    log.warning("out of memory on a batch of %d; retrying as %d + %d",
-                                len(indices), half, len(indices) - half)
-                    run(indices[:half], arrays[:half])
-                    run(indices[half:], arrays[half:])
-                    return
-                for i in indices:
-                    result.statuses[i] = Status.INFERENCE_ERROR
-                    result.errors[i] = f"{type(exc).__name__}: {exc}"[:500]
-                return
-            result.forward_passes += 1
-            for row, i in enumerate(indices):
-                result.embeddings[i] = out.embeddings[row]
-                result.label_names[i] = [self._label(int(c)) for c in out.top_indices[row]]
-                result.label_scores[i] = [float(v) for v in out.top_scores[row]]
-                if out.flag_scores is not None:
-                    result.flags[i], result.flag_scores[i] = self._flags(out.flag_scores[row])
-
-        def flush() -> None:
-            nonlocal pending_bytes
-            if pending_idx:
-                run(list(pending_idx), list(pending_arr))
-            pending_idx.clear()
-            pending_arr.clear()
-            pending_bytes = 0
-
+    def _batches(self, images: Sequence[bytes | bytearray | memoryview | None],
+                 result: EmbeddingResult) -> Iterator[tuple[list[int], list[np.ndarray | torch.Tensor]]]:
+        """The prepared frames as (input indices, pixels) batches, cut at ``batch_size`` frames or
+        before ``max_batch_bytes`` bytes; frames that failed to prepare get their status in
+        ``result`` instead. Each batch is run before the next frame is taken."""
+        indices: list[int] = []
+        pixels: list[np.ndarray | torch.Tensor] = []
+        nbytes = 0
         max_bytes = self.options.max_batch_bytes
         for i, prepared in enumerate(self._prepared(images)):
             if prepared.pixels is None:
                 result.statuses[i] = prepared.status
                 result.errors[i] = prepared.error
                 continue
-            if max_bytes and pending_idx and pending_bytes + prepared.nbytes > max_bytes:
-                flush()  # the batch is full in bytes before it is full in frames
-            pending_arr.append(prepared.pixels)
-            pending_idx.append(i)
-            pending_bytes += prepared.nbytes
-            if len(pending_idx) >= self.options.batch_size:
-                flush()
-        flush()
-        return result
+            if max_bytes and indices and nbytes + prepared.nbytes > max_bytes:
+                yield indices, pixels  # the batch is full in bytes before it is full in frames
+                indices, pixels, nbytes = [], [], 0
+            indices.append(i)
+            pixels.append(prepared.pixels)
+            nbytes += prepared.nbytes
+            if len(indices) >= self.options.batch_size:
+                yield indices, pixels
+                indices, pixels, nbytes = [], [], 0
+        if indices:
+            yield indices, pixels
+
+    def _run(self, indices: list[int], pixels: list[np.ndarray | torch.Tensor], result: EmbeddingResult) -> None:
+        """Forward one batch into ``result``; on out-of-memory halve it and retry, down to single
+        frames; a batch that still fails gets ``inference_error`` rows."""
+        try:
+            out = self._forward(self._stack(pixels))
+        except (RuntimeError, ValueError) as exc:
+            if _is_out_of_memory(exc) and len(indices) > 1:
+                self._release_memory()
+                half = len(indices) // 2
+                log.warning("out of memory on a batch of %d; retrying as %d + %d",
+                            len(indices), half, len(indices) - half)
+                self._run(indices[:half], pixels[:half], result)
+                self._run(indices[half:], pixels[half:], result)
+                return
+            for i in indices:
+                result.statuses[i] = Status.INFERENCE_ERROR
+                result.errors[i] = f"{type(exc).__name__}: {exc}"[:500]
+            return
+        result.forward_passes += 1
+        for row, i in enumerate(indices):
+            result.embeddings[i] = out.embeddings[row]
+            result.label_names[i] = [self._label(int(c)) for c in out.top_indices[row]]
+            result.label_scores[i] = [float(v) for v in out.top_scores[row]]
+            if out.flag_scores is not None:
+                result.flags[i], result.flag_scores[i] = self._flags(out.flag_scores[row])
 
     def _flags(self, scores: np.ndarray) -> tuple[list[str], list[float]]:
         """The labels whose score reaches their own threshold, best first (ties by label)."""

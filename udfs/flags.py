@@ -14,6 +14,9 @@ with ``options["flag_score"]`` which says how a label's score is computed:
   share one unit of probability mass, so thresholds for such models should be set lower, and two
   labels can only both pass thresholds that sum to at most 1.
 
+Which of the two a model gets is its family's call (:meth:`udfs.families.ModelFamily.flag_score`),
+made when the flags are attached and recorded in the spec.
+
 Spark-free and torch-free: the registry job and the engine both use it.
 """
 
@@ -98,13 +101,6 @@ def load_taxonomy(path: Path) -> Taxonomy:
         flags = parse_flags(data["flags"], source=f"{path}: flags")
         check_flag_labels(flags, labels, source=f"{path}: flags")
     return Taxonomy(version=str(data["version"]), labels=labels, flags=flags)
-
-
-def flag_score_mode(config: Mapping[str, Any], kind: str) -> str:
-    """``sigmoid`` for multi-label classifiers (by their config's ``problem_type``), else ``softmax``."""
-    if kind == "classifier" and config.get("problem_type") == "multi_label_classification":
-        return FLAG_SCORE_SIGMOID
-    return FLAG_SCORE_SOFTMAX
 
 
 def _read_yaml(path: Path) -> Any:

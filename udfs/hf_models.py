@@ -11,20 +11,50 @@ weights only; ``trust_remote_code`` is never enabled) and a spec whose ``options
   model's own logit scale times the cosine.
 - ``flags`` (optional): ``{label: threshold}`` moderation-style flags on the model's labels, and
   ``flag_score``: ``sigmoid`` for multi-label classifiers, else ``softmax`` (see :mod:`udfs.flags`).
+
+Read through :class:`TransformersOptions`; the family itself is :data:`FAMILY` (see
+:mod:`udfs.families`).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from udfs.bundle_format import BundleSpec, write_spec
+from udfs.flags import FLAG_SCORE_SIGMOID, FLAG_SCORE_SOFTMAX, check_flag_labels, parse_flags
+from udfs.preprocess import PreprocessSpec
+
 HF_DIR = "hf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True)
+class TransformersOptions:
+    """The typed view of a transformers bundle's ``spec.options`` (flags aside: those are
+    :attr:`udfs.bundle_format.BundleSpec.flags`)."""
+
+    kind: str = "encoder"  # clip / classifier / encoder
+    model_type: str = ""  # the transformers config's model_type, for the record
+    taxonomy: dict[str, list[str]] = field(default_factory=dict)  # clip only: {label: [prompt, …]}
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "TransformersOptions":
+        return cls(kind=str(options.get("kind", "encoder")), model_type=str(options.get("model_type", "")),
+                   taxonomy=dict(options.get("taxonomy") or {}))
+
+    def to_options(self) -> dict[str, Any]:
+        """As stored in the spec (``taxonomy`` only when there is one)."""
+        options: dict[str, Any] = {"kind": self.kind, "model_type": self.model_type}
+        if self.taxonomy:
+            options["taxonomy"] = self.taxonomy
+        return options
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -92,21 +122,22 @@ def text_embeddings(model: nn.Module, tokenizer, taxonomy: Mapping[str, list[str
     return torch.stack(rows)
 
 
-def load_transformers_module(directory: Path, spec) -> tuple[nn.Module, list[str]]:
+def load_transformers_module(directory: Path, spec: BundleSpec) -> tuple[nn.Module, list[str]]:
     """Build the engine module of a transformers bundle (safetensors only, no remote code)."""
     from transformers import AutoModel, AutoModelForImageClassification, AutoTokenizer
 
     hf_dir = Path(directory) / HF_DIR
     _refuse_pickles(hf_dir)
-    kind = spec.options.get("kind", "encoder")
+    options = TransformersOptions.from_options(spec.options)
+    kind = options.kind
     loader = AutoModelForImageClassification if kind == "classifier" else AutoModel
     model = loader.from_pretrained(str(hf_dir), trust_remote_code=False, use_safetensors=True,
                                    local_files_only=True).eval()
     if kind == "classifier":
         id2label = model.config.id2label
         return TransformersVision(model, kind), [str(id2label[i]) for i in range(len(id2label))]
-    if kind == "clip" and spec.options.get("taxonomy"):
-        taxonomy = spec.options["taxonomy"]
+    if kind == "clip" and options.taxonomy:
+        taxonomy = options.taxonomy
         tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False, local_files_only=True)
         texts = text_embeddings(model, tokenizer, taxonomy)
         scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
@@ -124,6 +155,13 @@ def declared_labels(config: Mapping[str, Any], kind: str, taxonomy: Mapping[str,
     return []
 
 
+def flag_score_mode(config: Mapping[str, Any], kind: str) -> str:
+    """``sigmoid`` for multi-label classifiers (by their config's ``problem_type``), else ``softmax``."""
+    if kind == "classifier" and config.get("problem_type") == "multi_label_classification":
+        return FLAG_SCORE_SIGMOID
+    return FLAG_SCORE_SOFTMAX
+
+
 def write_transformers_bundle(hf_source: Path, directory: Path, *, taxonomy: Mapping[str, list[str]] | None = None,
                               taxonomy_version: str = "", kind: str | None = None,
                               flags: Mapping[str, float] | None = None) -> Path:
@@ -132,10 +170,6 @@ def write_transformers_bundle(hf_source: Path, directory: Path, *, taxonomy: Map
     ``flags`` ({label: threshold}, see :mod:`udfs.flags`) must name labels the bundle produces; the
     flag scores are sigmoids for multi-label classifiers, softmax probabilities otherwise.
     """
-    from udfs.flags import check_flag_labels, flag_score_mode, parse_flags
-    from udfs.model_bundle import SPEC_FILE, BundleSpec
-    from udfs.preprocess import PreprocessSpec
-
     hf_source = Path(hf_source)
     _refuse_pickles(hf_source)
     config = json.loads((hf_source / "config.json").read_text())
@@ -144,22 +178,51 @@ def write_transformers_bundle(hf_source: Path, directory: Path, *, taxonomy: Map
     if not processor.exists():
         raise ValueError(f"{hf_source}: no preprocessor_config.json (save the image processor with the model)")
     preprocess = PreprocessSpec.from_hf_processor(json.loads(processor.read_text()))
-    options: dict[str, Any] = {"kind": kind, "model_type": config.get("model_type", "")}
+    zero_shot = kind == "clip" and bool(taxonomy)
+    options = TransformersOptions(kind=kind, model_type=config.get("model_type", ""), taxonomy=(
+        {str(k): [str(p) for p in v] for k, v in taxonomy.items()} if zero_shot else {}))
     label_set = ""
-    if kind == "clip" and taxonomy:
-        options["taxonomy"] = {str(k): [str(p) for p in v] for k, v in taxonomy.items()}
+    if zero_shot:
         label_set = taxonomy_version or "taxonomy"
     elif kind == "classifier":
         label_set = f"{config.get('model_type', 'model')}-id2label"
     if flags:
         flags = parse_flags(flags, source=f"{hf_source}: flags")
         check_flag_labels(flags, declared_labels(config, kind, taxonomy), source=f"{hf_source}: flags")
-        options["flags"] = dict(flags)
-        options["flag_score"] = flag_score_mode(config, kind)
-    spec = BundleSpec(family="transformers", embedding_dim=embedding_dim(config, kind), preprocess=preprocess,
-                      label_set=label_set, options=options)
+    spec = BundleSpec(family=FAMILY.name, embedding_dim=embedding_dim(config, kind), preprocess=preprocess,
+                      label_set=label_set, options=options.to_options())
+    if flags:
+        spec = spec.with_flags(flags, flag_score_mode(config, kind))
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copytree(hf_source, directory / HF_DIR, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(*(f"*{s}" for s in PICKLE_SUFFIXES)))
-    (directory / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    write_spec(directory, spec)
     return directory
+
+
+def _hf_config(directory: Path) -> dict[str, Any]:
+    """The transformers config of the bundle folder ``directory``."""
+    return json.loads((Path(directory) / HF_DIR / "config.json").read_text())
+
+
+class TransformersFamily:
+    """The ``transformers`` family (:class:`udfs.families.ModelFamily`)."""
+
+    name = "transformers"
+    serves_onnx_on_cpu = False  # not checked to export exactly: PyTorch serves it
+
+    def options(self, spec: BundleSpec) -> TransformersOptions:
+        return TransformersOptions.from_options(spec.options)
+
+    def build(self, directory: Path, spec: BundleSpec) -> tuple[nn.Module, list[str]]:
+        return load_transformers_module(directory, spec)
+
+    def label_names(self, directory: Path, spec: BundleSpec) -> list[str]:
+        options = self.options(spec)
+        return declared_labels(_hf_config(directory), options.kind, options.taxonomy)
+
+    def flag_score(self, directory: Path, spec: BundleSpec) -> str:
+        return flag_score_mode(_hf_config(directory), self.options(spec).kind)
+
+
+FAMILY = TransformersFamily()

@@ -15,11 +15,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from catalogfs.statuses import Status
 
 
-
 @dataclass(frozen=True)
 class DecodeOutcome:
     image: Image.Image | None
-    status: str
+    status: Status
     error: str | None = None
 
 

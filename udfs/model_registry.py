@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from udfs.efficientnet_lite import FAMILY as EFFICIENTNET_LITE0
+from udfs.families import family
 from udfs.model_bundle import BundleSpec, read_spec, write_bundle
 from udfs.preprocess import PreprocessSpec
 from catalogfs.errors import ModelResolutionError, RegistryUnavailable  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FAMILY = "efficientnet_lite0"
+DEFAULT_FAMILY = EFFICIENTNET_LITE0.name
 DEFAULT_LABEL_SET = "imagenet-1k"
 
 
@@ -96,21 +98,21 @@ def model_signature(spec: BundleSpec) -> dict[str, str]:
 def bundle_metadata(spec: BundleSpec) -> dict[str, str]:
     """What registration records about a bundle (model-version tags and the run's params):
     family, kind, embedding dim, preprocessing hash, label set, taxonomy version, flags, signature."""
-    kind = str(spec.options.get("kind", spec.family))
-    flags = spec.options.get("flags") or {}
-    flags_json = json.dumps(flags) if flags else ""
+    options = family(spec.family).options(spec)
+    flags = spec.flags
+    flags_json = json.dumps(flags.thresholds) if flags.thresholds else ""
     if len(flags_json) > _MAX_TAG_CHARS:
-        flags_json = f"{len(flags)} flags (see model_spec.json)"
+        flags_json = f"{len(flags.thresholds)} flags (see model_spec.json)"
     signature = model_signature(spec)
     return {
         "family": spec.family,
-        "kind": kind,
+        "kind": options.kind,
         "embedding_dim": str(spec.embedding_dim),
         "preprocess_hash": spec.preprocess.short_hash(),
         "label_set": spec.label_set,
-        "taxonomy_version": spec.label_set if spec.options.get("taxonomy") else "",
+        "taxonomy_version": spec.label_set if options.taxonomy else "",
         "flags": flags_json,
-        "flag_score": str(spec.options.get("flag_score", "")) if flags else "",
+        "flag_score": str(flags.score or "") if flags.thresholds else "",
         "signature_inputs": signature["inputs"],
         "signature_outputs": signature["outputs"],
     }
