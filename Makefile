@@ -1,6 +1,7 @@
 # The two commands: `make demo` (the main job end to end) and `make test` (the test suite).
-# Each provides .venv first (scripts/ensure_env.sh): a link to an environment cached outside the
-# clone, keyed by the pinned dependencies, so fresh clones do not download GBs again.
+# Each provides .venv first (scripts/ensure_env.sh): this clone's own small virtualenv (the project,
+# editable; its spark-defaults.conf) layered on an environment cached outside the clone, keyed by the
+# pinned dependencies, so fresh clones do not download GBs again.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -9,11 +10,12 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
-.PHONY: env demo test bench bench-engine clean-data help
+.PHONY: env demo test test-fast bench bench-engine clean-data help
 
 help:
 	@echo "make demo   - run the whole pipeline on the sample videos and print a summary"
-	@echo "make test   - run the test suite"
+	@echo "make test   - run the test suite (what CI runs), then the 25 slowest tests"
+	@echo "make test-fast - only the tests that need no JVM and are not slow (about a minute)"
 	@echo "make env    - only provide .venv"
 	@echo "make bench  - the performance harness: our Spark stage vs plain loop, predict_batch_udf, naive UDF (~10 min)"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
@@ -26,7 +28,10 @@ demo: env
 	$(VENV)/bin/catalogfs demo
 
 test: env
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest --durations=25
+
+test-fast: env
+	$(PYTHON) -m pytest -m "not spark and not slow"
 
 bench: env
 	$(PYTHON) bench/pipeline_bench.py --out bench/results

@@ -1,12 +1,13 @@
-"""Shared fixtures: one local Spark session (Delta, Derby catalog) and one MLflow sqlite registry
-per test run, both under a temporary data root; small real fixtures (photos from scikit-image)."""
+"""Shared fixtures and hooks: one local Spark session (Delta, Derby catalog) and one MLflow sqlite
+registry per test run, both under a temporary data root; the test tiers (markers ``spark`` and
+``slow``, see ``pytest_collection_modifyitems``). Helpers that test modules import are in helpers.py."""
 
 from __future__ import annotations
 
 import atexit
-import io
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,16 +22,7 @@ atexit.register(shutil.rmtree, _ONNX_CACHE, True)
 
 from catalogfs.config import DEFAULT_CONF_DIR, Config, load_config  # noqa: E402
 
-
-def photo_bytes(name: str, fmt: str = "JPEG", **save_args) -> bytes:
-    """A scikit-image photo encoded in ``fmt``."""
-    import skimage
-    from PIL import Image
-
-    buf = io.BytesIO()
-    with Image.open(Path(skimage.__file__).parent / "data" / name) as img:
-        img.convert("RGB").save(buf, format=fmt, **save_args)
-    return buf.getvalue()
+pytest_plugins = ["pytester"]  # tests/test_markers.py collects the tiers in this process
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +43,6 @@ def cfg(data_root: Path) -> Config:
     ])
 
 
-def with_database(cfg: Config, database: str) -> Config:
-    """The same config writing to another database (tests isolate their tables this way)."""
-    return cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"database": database})})
-
-
 @pytest.fixture(scope="session")
 def spark(cfg: Config):
     from catalogfs.spark import build_spark
@@ -71,3 +58,58 @@ def default_bundle(tmp_path_factory) -> Path:
     from udfs.model_registry import write_default_bundle
 
     return write_default_bundle(tmp_path_factory.mktemp("bundle") / "efficientnet_lite0")
+
+
+# --- Test tiers -------------------------------------------------------------------------------------
+# `spark`: the test starts a JVM. Marked here when it uses the `spark` fixture (directly or through
+# another fixture) or lives in a module that runs jobs as separate processes; a test can also mark
+# itself (`@pytest.mark.spark`). `make test-fast` runs `-m "not spark and not slow"`.
+SUBPROCESS_SPARK_MODULES = frozenset({
+    "test_crash_safety.py",  # the real jobs, each in its own process (python -m jobs.…)
+    "test_standalone_cluster.py",  # a standalone master and worker, jobs sent with spark-submit
+})
+
+# `slow`: over ~20 s on the 2-core machine. How this was measured: `make test-fast` with
+# --durations=25 (the non-Spark tests; 2 cores, load 6-9 from other jobs): only the pipeline bench
+# test went over (28 s; the next was 11 s). The Spark modules were not timed one by one (a full run
+# takes 30-60 min): they are the ones the README's measured round names as the slow part
+# (crash_safety, operations) and those that start more JVMs or run the whole pipeline in their
+# module fixture. `make test` prints --durations=25: keep these lists in step with what CI shows.
+SLOW_MODULES = frozenset({
+    "test_crash_safety.py",  # eight job processes killed and rerun
+    "test_standalone_cluster.py",  # master + worker daemons, two spark-submit applications
+    "test_concurrency.py",  # racing publishers with retries
+    "test_operations.py",  # about ten embed runs on one catalogue
+    "test_pipeline.py",  # the whole pipeline end to end in its module fixture
+})
+SLOW_TESTS = frozenset({  # <module>::<test function>
+    "test_bench.py::test_pipeline_bench_rows_in_their_own_processes",  # 28 s
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.name
+        if "spark" in item.fixturenames or module in SUBPROCESS_SPARK_MODULES:
+            item.add_marker(pytest.mark.spark)
+        if module in SLOW_MODULES or f"{module}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
+def _jvm_started() -> bool:
+    pyspark = sys.modules.get("pyspark")
+    return pyspark is not None and pyspark.SparkContext._gateway is not None
+
+
+@pytest.fixture(autouse=True)
+def _jvm_only_in_spark_tests(request):
+    """A test not marked `spark` that starts the JVM in this process fails: the fast tier must not
+    need Java (and would stop being fast). Seen only while no JVM runs yet (the fast tier; in a
+    full run, once the session fixture has started Spark, there is nothing left to see)."""
+    if request.node.get_closest_marker("spark") or _jvm_started():
+        yield
+        return
+    yield
+    if _jvm_started():
+        pytest.fail(f"{request.node.nodeid} started a JVM but is not marked `spark`: use the `spark` "
+                    "fixture or mark it (@pytest.mark.spark)", pytrace=False)

@@ -15,7 +15,7 @@ from features import delta_writer
 from features.embedding_run import ValidationFailed
 from features.tables import FRAMES
 from jobs import embed_frames
-from tests.conftest import photo_bytes, with_database
+from tests.helpers import photo_bytes, with_database
 
 
 def _encode(img, fmt, **kw):

@@ -22,7 +22,7 @@ from features.publish import PublishConflict, is_commit_conflict, publish_with_r
 from features.spaces import EmbeddingSpace
 from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
 from jobs import embed_frames, extract_frames
-from tests.conftest import with_database
+from tests.helpers import with_database
 from udfs.model_bundle import BundleSpec
 from udfs.model_registry import ResolvedModel
 

@@ -65,7 +65,7 @@ def test_three_part_names_work_in_local_spark(spark, cfg):
     """catalog.database.table names (as Unity Catalog uses) through the same code paths."""
     from features import delta_writer
     from features.tables import FEATURE_VERSIONS
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     three = with_database(cfg, "uc_features")
     three = three.model_copy(update={"storage": three.storage.model_copy(update={"catalog": "spark_catalog"})})

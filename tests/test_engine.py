@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import photo_bytes
+from tests.helpers import photo_bytes
 from udfs.efficientnet_lite import EfficientNetLite0, build_efficientnet_lite0, load_packaged_state_dict
 from udfs.engine import EmbeddingEngine, EngineOptions
 from catalogfs.statuses import Status

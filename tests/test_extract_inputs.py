@@ -175,7 +175,7 @@ def test_bad_manifests_are_one_line_errors(tmp_path, text, expected):
 
 @pytest.fixture(scope="module")
 def inputs_cfg(cfg):
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     return with_database(cfg, "extract_inputs_features")
 

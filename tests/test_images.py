@@ -4,7 +4,7 @@ import struct
 import numpy as np
 from PIL import Image
 
-from tests.conftest import photo_bytes
+from tests.helpers import photo_bytes
 from catalogfs.statuses import Status
 from udfs.images import decode_image
 

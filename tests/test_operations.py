@@ -19,7 +19,7 @@ from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
 from catalogfs.tracking import configure_mlflow
 from features import promotion
 from jobs import embed_frames, extract_frames, models, spaces
-from tests.conftest import with_database
+from tests.helpers import with_database
 
 MODEL = "efficientnet_lite0_imagenet"
 DATABASE = "ops_features"
@@ -145,11 +145,11 @@ def test_one_broken_upload_does_not_block_the_catalogue(spark, ops, tmp_path_fac
 
 def test_pipeline_failures_still_fail_the_gate(spark, ops, monkeypatch):
     """A model that fails every frame never publishes: inference errors are the pipeline's own."""
-    from features import embedding_run
+    from features import run_plan, staging
     from features.embedding_run import ValidationFailed
 
     cfg, first, _ = ops
-    real = embedding_run.compute_frame_candidates
+    real = staging.compute_frame_candidates
 
     def failing(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -157,8 +157,8 @@ def test_pipeline_failures_still_fail_the_gate(spark, ops, monkeypatch):
                                .otherwise(F.col("status")))
                 .withColumn("embedding", F.lit(None).cast("array<float>")))
 
-    monkeypatch.setattr(embedding_run, "frames_to_embed", lambda frames, published: frames)  # all again
-    monkeypatch.setattr(embedding_run, "compute_frame_candidates", failing)
+    monkeypatch.setattr(run_plan, "frames_to_embed", lambda frames, published: frames)  # all again
+    monkeypatch.setattr(staging, "compute_frame_candidates", failing)
     before = spark.table(cfg.storage.qualified("frame_embeddings")).where("status = 'ok'").count()
     with pytest.raises(ValidationFailed, match="pipeline_failure"):
         embed_frames.run(spark, cfg)

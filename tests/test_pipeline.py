@@ -9,7 +9,7 @@ import pytest
 from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
 from features import delta_writer
 from jobs import embed_frames, extract_frames
-from tests.conftest import with_database
+from tests.helpers import with_database
 
 CAT_CLASSES = {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese", "Egyptian cat"}
 PHOTOS = tuple(p for p in SAMPLE_PHOTOS if p.video_id in ("cat_chelsea", "coffee_cup"))

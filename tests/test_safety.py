@@ -32,7 +32,7 @@ from features.tables import (
 )
 from jobs import extract_frames
 from tests.bad_videos import FULL_FRAMES_AT_1FPS, write_bad_videos
-from tests.conftest import with_database
+from tests.helpers import with_database
 
 LOCAL = DEFAULT_CONF_DIR / "local.yaml"
 NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)

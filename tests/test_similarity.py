@@ -39,7 +39,7 @@ def test_exclude_self_and_small_corpus():
 def space(spark, cfg, tmp_path_factory):
     from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
     from jobs import embed_frames, extract_frames
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     cfg = with_database(cfg, "similar_features")
     videos = tmp_path_factory.mktemp("similar_videos")

@@ -11,7 +11,7 @@ from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.tracking import configure_mlflow
 from features import promotion
 from jobs import embed_frames, extract_frames, spaces
-from tests.conftest import with_database
+from tests.helpers import with_database
 
 MODEL = "efficientnet_lite0_imagenet"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import photo_bytes
+from tests.helpers import photo_bytes
 from udfs.engine import EmbeddingEngine, EngineOptions
 from udfs.hf_models import write_transformers_bundle
 from udfs.model_bundle import load_bundle
@@ -173,7 +173,7 @@ def test_registered_transformers_models_write_spaces_beside_the_default(spark, c
                                                                        clip_bundle, vit_bundle):
     from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
     from jobs import embed_frames, extract_frames, models
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     cfg = with_database(cfg, "hf_features")
     overrides = ["--set", f"storage.data_root={cfg.storage.data_root}"]
@@ -299,7 +299,7 @@ def test_flags_reach_delta_on_an_existing_data_root(spark, cfg, tmp_path_factory
     from features import delta_writer, promotion
     from features.tables import FRAME_EMBEDDINGS
     from jobs import embed_frames, extract_frames, models
-    from tests.conftest import with_database
+    from tests.helpers import with_database
 
     cfg = with_database(cfg, "flags_features")
     old_schema = StructType([f for f in FRAME_EMBEDDINGS.schema.fields if not f.name.startswith("flag")])

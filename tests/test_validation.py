@@ -17,7 +17,7 @@ from features import delta_writer
 from features.embedding_run import ValidationFailed
 from features.tables import FRAME_EMBEDDINGS
 from jobs import embed_frames, extract_frames
-from tests.conftest import with_database
+from tests.helpers import with_database
 
 DIM = 4
 PARAMS = SuiteParams(dim=DIM, norm_tolerance=1e-3, max_reject_rate=0.5, expected_rows=2)
@@ -179,7 +179,7 @@ def test_bad_candidate_batch_is_refused_end_to_end(spark, cfg, tmp_path_factory,
                                                    tamper, expectation):
     """Inject a bad batch into the real job: exit code 3 naming the expectation, report written,
     published Delta versions unchanged."""
-    from features import embedding_run
+    from features import run_plan, staging
 
     cfg = with_database(cfg, "inject_features")
     if not spark.catalog.tableExists(cfg.storage.qualified("frame_embeddings")):
@@ -190,9 +190,9 @@ def test_bad_candidate_batch_is_refused_end_to_end(spark, cfg, tmp_path_factory,
         assert embed_frames.run(spark, cfg).published
     before = {t: delta_writer.table_version(spark, cfg.storage, t)
               for t in ("frame_embeddings", "video_embeddings", "video_labels")}
-    real = embedding_run.compute_frame_candidates
-    monkeypatch.setattr(embedding_run, "frames_to_embed", lambda frames, published: frames)  # recompute all
-    monkeypatch.setattr(embedding_run, "compute_frame_candidates", lambda *a, **k: tamper(real(*a, **k)))
+    real = staging.compute_frame_candidates
+    monkeypatch.setattr(run_plan, "frames_to_embed", lambda frames, published: frames)  # recompute all
+    monkeypatch.setattr(staging, "compute_frame_candidates", lambda *a, **k: tamper(real(*a, **k)))
 
     code = embed_frames.main(["--set", f"storage.data_root={cfg.storage.data_root}",
                               "--set", "storage.database=inject_features"])
