@@ -1,25 +1,47 @@
 """The one place that builds Spark sessions: Delta enabled, a persistent catalog under the data root.
 
-Local runs get ``local[*]`` (or the configured master) with the Delta jars resolved by Spark's own
-package resolution (Ivy, from Maven Central) and a Derby-backed Hive catalog under the data root,
-so tables written by one run are queryable by name from the next. Under ``spark-submit`` the master
-and jars given there win.
+Local runs get ``local[*]`` (or the configured master) and a Derby-backed Hive catalog under the
+data root, so tables written by one run are queryable by name from the next. Under ``spark-submit``
+the master and jars given there win; on a managed platform (``spark.managed``) the session is the
+platform's.
+
+Delta's jars: set-up (``python -m catalogfs.spark``, run by ``scripts/ensure_env.sh``) resolves them
+once into ``<spark.ivy_cache>/local-jars/<key>/`` (:mod:`catalogfs.jars`), and sessions then get them
+as local files (``spark.jars``): no Ivy resolution and no Ivy report at start. Without that record
+(set-up never ran) a session falls back to package resolution from Maven Central at every start, as
+``delta.configure_spark_with_delta_pip`` does, and says once (INFO) how to pre-resolve.
+
+The JVM's output: pyspark's launcher starts the JVM with its stdout and stderr redirected to
+``<data_root>/logs/spark-<timestamp>-<pid>.log`` (log4j's console appender, Ivy, the JVM itself and
+the Python workers it forks all write there; conf/log4j2.properties sets the levels). The newest
+:data:`JVM_LOGS_KEPT` such files are kept. :func:`jvm_log_path` names this process's file.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 import logging
 import os
 from pathlib import Path
+import subprocess
 import sys
+from typing import Mapping
 
 from pyspark.sql import SparkSession
 
 from catalogfs.config import PROJECT_ROOT, Config
+from catalogfs.jars import delta_packages, jars_dir, local_delta_jars
+
+__all__ = ["build_spark", "delta_jar_settings", "delta_packages", "jvm_log_path", "running_under_spark_submit",
+           "session_settings", "write_spark_defaults"]
 
 log = logging.getLogger(__name__)
 
 LOG4J_CONFIG = PROJECT_ROOT / "conf" / "log4j2.properties"
+JVM_LOGS_KEPT = 20
+
+_jvm_log: Path | None = None  # the log file of the JVM this process started (one per process)
+_fallback_explained = False
 
 
 def running_under_spark_submit() -> bool:
@@ -27,8 +49,13 @@ def running_under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def jvm_log_path() -> Path | None:
+    """The file that receives the output of the JVM this process started, if it started one."""
+    return _jvm_log
+
+
 def session_settings(cfg: Config) -> dict[str, str]:
-    """Every setting the builder applies, as plain strings (also used to write spark-defaults)."""
+    """Every setting the builder applies except the Delta jars (:func:`delta_jar_settings`), as plain strings."""
     storage = cfg.storage
     derby_home = storage.data_root / "derby"
     settings = {
@@ -54,10 +81,24 @@ def session_settings(cfg: Config) -> dict[str, str]:
     return settings
 
 
+def delta_jar_settings(ivy_cache: Path, settings: Mapping[str, str] | None = None) -> dict[str, str]:
+    """How a session gets Delta: ``spark.jars`` with the local jars that set-up recorded under
+    ``ivy_cache`` (and no packages, so Ivy does not run), else ``spark.jars.packages`` with Delta's
+    coordinates. Jars or packages already named in ``settings`` are kept, ahead of Delta's."""
+    user_jars = (settings or {}).get("spark.jars", "")
+    user_packages = (settings or {}).get("spark.jars.packages", "")
+    jars = local_delta_jars(ivy_cache)
+    # Both keys are always given (maybe empty): a value in spark-defaults.conf, written by set-up for
+    # spark-submit, would otherwise be merged in, and the same jar from two paths is an error per jar.
+    if jars is not None and not any("," in str(jar) for jar in jars):  # spark.jars is comma-separated
+        return {"spark.jars": ",".join(filter(None, [user_jars, *map(str, jars)])),
+                "spark.jars.packages": user_packages}
+    return {"spark.jars": user_jars,
+            "spark.jars.packages": ",".join(filter(None, [user_packages, delta_packages()]))}
+
+
 def build_spark(cfg: Config) -> SparkSession:
     """Create (or return) the session for ``cfg``. Spark is started here and nowhere else."""
-    from delta import configure_spark_with_delta_pip
-
     if cfg.spark.managed:  # Databricks and similar: Delta, catalog and master come with the platform
         return SparkSession.builder.appName(cfg.spark.app_name).getOrCreate()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -65,44 +106,79 @@ def build_spark(cfg: Config) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     (cfg.storage.data_root / "derby").mkdir(parents=True, exist_ok=True)
     cfg.storage.warehouse_dir.mkdir(parents=True, exist_ok=True)
-    builder = SparkSession.builder.appName(cfg.spark.app_name)
-    if not running_under_spark_submit():
-        builder = builder.master(cfg.spark.master)
-    for key, value in session_settings(cfg).items():
+    settings = {"spark.app.name": cfg.spark.app_name, **session_settings(cfg)}
+    if not running_under_spark_submit():  # else spark-submit chose the master and the jars
+        settings["spark.master"] = cfg.spark.master
+        settings.update(delta_jar_settings(cfg.spark.ivy_cache, cfg.spark.settings))
+        if delta_packages() in settings["spark.jars.packages"]:
+            _explain_fallback(cfg)
+        _launch_jvm(settings, cfg.storage.data_root / "logs")
+    builder = SparkSession.builder
+    for key, value in settings.items():
         builder = builder.config(key, value)
-    builder = configure_spark_with_delta_pip(builder)
-    log.info("starting Spark (%s); Delta jars come from the Ivy cache %s",
-             cfg.spark.master, cfg.spark.ivy_cache)
+    log.debug("starting Spark (%s)", settings.get("spark.master", "from spark-submit"))
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
 
-def delta_packages() -> str:
-    """Maven coordinates of the Delta jars for the installed delta-spark and pyspark: the artifact
-    name carries Spark's major.minor (``io.delta:delta-spark_4.2_2.13:<delta version>``)."""
-    from importlib.metadata import version
+def _explain_fallback(cfg: Config) -> None:
+    """Say once per process that the Delta jars come from package resolution, and how to avoid it."""
+    global _fallback_explained
+    if _fallback_explained:
+        return
+    _fallback_explained = True
+    log.info("Delta jars not resolved yet: Spark resolves %s from Maven Central at every start "
+             "(slower; its report goes to the JVM log). To resolve them once into %s: make env "
+             "(or %s -m catalogfs.spark)", delta_packages(), jars_dir(cfg.spark.ivy_cache), sys.executable)
 
-    import pyspark
 
-    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
-    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta_spark')}"
+def _launch_jvm(settings: dict[str, str], logs_dir: Path) -> None:
+    """Start this process's JVM (pyspark's launcher, i.e. spark-submit with ``settings`` as --conf)
+    with its stdout and stderr going to a new log file under ``logs_dir``. Does nothing when the
+    JVM is already running (a second session in the same process keeps the first one's JVM)."""
+    global _jvm_log
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:
+        return
+    _jvm_log = _new_jvm_log(logs_dir)
+    conf = SparkConf(loadDefaults=False).setAll(settings.items())
+    with open(_jvm_log, "ab") as out:  # the JVM keeps its own copy of the descriptor
+        gateway = launch_gateway(conf, popen_kwargs={"stdout": out, "stderr": subprocess.STDOUT})
+    # What SparkContext(gateway=...) does: the builder below then uses this JVM instead of starting one.
+    SparkContext._ensure_initialized(gateway=gateway)
+
+
+def _new_jvm_log(logs_dir: Path) -> Path:
+    """A fresh ``spark-<timestamp>-<pid>.log`` in ``logs_dir``; older ones beyond the newest
+    :data:`JVM_LOGS_KEPT` (counting the new one) are deleted."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    for old in sorted(logs_dir.glob("spark-*.log"))[:-(JVM_LOGS_KEPT - 1) or None]:
+        old.unlink(missing_ok=True)
+    return logs_dir / f"spark-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
 
 
 def write_spark_defaults(cfg: Config) -> Path:
-    """Write ``spark-defaults.conf`` into the environment's Spark so that a bare
-    ``spark-submit jobs/<job>.py`` gets the Delta jars (the builder cannot add jars to a JVM that
-    spark-submit already started). Returns the file written."""
+    """Write ``spark-defaults.conf`` into ``$SPARK_CONF_DIR`` (default: the environment's pyspark/conf)
+    so that a bare ``spark-submit jobs/<job>.py`` gets the Delta jars (the builder cannot add jars to a
+    JVM that spark-submit already started): the local jars when set-up resolved them, else the
+    packages. Returns the file written."""
     import pyspark
 
     conf_dir = Path(os.environ.get("SPARK_CONF_DIR") or Path(pyspark.__file__).parent / "conf")
     conf_dir.mkdir(parents=True, exist_ok=True)
     path = conf_dir / "spark-defaults.conf"
     python = Path(os.path.realpath(sys.prefix)) / "bin" / "python"
+    jars = {key: value for key, value in delta_jar_settings(cfg.spark.ivy_cache).items() if value}
     lines = [
-        "# Written by catalogfs (scripts/ensure_env.sh): Delta for spark-submit in this environment.",
-        f"spark.jars.packages {delta_packages()}",
+        "# Written by catalogfs (python -m catalogfs.spark, run by scripts/ensure_env.sh):",
+        "# Delta and this environment's Python for spark-submit.",
+        *(f"{key} {value}" for key, value in jars.items()),
         f"spark.jars.ivy {cfg.spark.ivy_cache}",
+        # The driver's log levels (spark-submit's JVM prints them on the terminal: warnings only).
+        f"spark.driver.extraJavaOptions -Dlog4j.configurationFile={LOG4J_CONFIG.as_uri()}",
         "spark.sql.extensions io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog org.apache.spark.sql.delta.catalog.DeltaCatalog",
         f"spark.pyspark.python {python}",
@@ -112,7 +188,24 @@ def write_spark_defaults(cfg: Config) -> Path:
     return path
 
 
+def set_up(cfg: Config) -> Path:
+    """What set-up runs (``python -m catalogfs.spark``): resolve the Delta jars once (a warning,
+    not a failure, when Maven Central cannot be reached: sessions then resolve at start), then
+    write spark-defaults.conf. Returns the spark-defaults file."""
+    from catalogfs.jars import JarResolutionError, ensure_delta_jars
+
+    try:
+        jars, resolved_now = ensure_delta_jars(cfg.spark.ivy_cache)
+        if resolved_now:
+            print(f"catalogfs: resolved {delta_packages()} ({len(jars)} jars) into "
+                  f"{jars_dir(cfg.spark.ivy_cache)}", file=sys.stderr)
+    except JarResolutionError as exc:
+        print(f"catalogfs: warning: {exc}; Spark sessions will resolve the Delta jars at every start",
+              file=sys.stderr)
+    return write_spark_defaults(cfg)
+
+
 if __name__ == "__main__":
     from catalogfs.config import load_config
 
-    print(write_spark_defaults(load_config()))
+    print(set_up(load_config()))

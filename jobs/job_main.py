@@ -4,6 +4,11 @@ Exit codes: :mod:`catalogfs.errors` (each error carries its own; documented in t
 
 Every message, log record and traceback is scrubbed of the config's secrets
 (:mod:`catalogfs.redaction`).
+
+The terminal gets the job's result and our own log records (``--quiet``: warnings and errors only);
+the JVM's output goes to its log file under ``<data_root>/logs`` (:mod:`catalogfs.spark`), whose path
+a failed job prints last ("JVM log: …"). A traceback longer than :data:`TRACEBACK_LINES_SHOWN` lines
+(a Java stack) is cut short on the terminal and written whole to that file.
 """
 
 from __future__ import annotations
@@ -54,9 +59,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, prog: str,
              description: str, report: Callable[[Any, Config], None] | None = None,
              configure: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
-    """Parse ``argv``, load config, build Spark, run ``job(spark, cfg)``, map failures to exit codes."""
-    from pyspark.errors import AnalysisException
-
+    """Parse ``argv``, load config, build Spark, run ``job(spark, cfg)``, map failures to exit codes.
+    A failure after this call started the JVM also names the JVM's log file ("JVM log: …", on stderr)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_common_arguments(parser)
     if configure:
@@ -82,9 +86,24 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     if args.check:
         print(f"{prog}: arguments and config ok ({', '.join(cfg.sources)})")
         return EXIT_OK
-    try:
-        from catalogfs.spark import build_spark
+    from catalogfs.spark import build_spark, jvm_log_path
 
+    earlier_jvm_log = jvm_log_path()
+    code = _run_job(job, args, cfg, build_spark, report, configure, fail, secrets)
+    jvm_log = jvm_log_path()
+    # The JVM this command started wrote its output there, not to the terminal. (A JVM that was
+    # already running in this process, e.g. a test session's, belongs to whoever started it.)
+    if code != EXIT_OK and jvm_log is not None and jvm_log != earlier_jvm_log:
+        print(f"JVM log: {jvm_log}", file=sys.stderr)
+    return code
+
+
+def _run_job(job, args, cfg: Config, build_spark, report, configure, fail: Callable[[str, int], int],
+             secrets) -> int:
+    """Build Spark, run the job, report; every known failure mapped to its message and exit code."""
+    from pyspark.errors import AnalysisException
+
+    try:
         spark = build_spark(cfg)
         result = job(spark, cfg, **_job_kwargs(args, configure))
         if report is not None:
@@ -97,8 +116,30 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     except AnalysisException as exc:  # a missing table or column, bad SQL: its first line says which
         message = exc.getMessage() if hasattr(exc, "getMessage") else str(exc)
         return fail((message.strip().splitlines() or ["analysis error"])[0], EXIT_INPUT)
-    except Exception:  # a bug: show where, without secrets
-        return fail("unexpected error (a bug), traceback:\n" + traceback.format_exc(), EXIT_ERROR)
+    except Exception:  # a bug: show where, without secrets (a Java stack is cut short, see below)
+        return fail("unexpected error (a bug), traceback:\n" + _bounded_traceback(traceback.format_exc(), secrets),
+                    EXIT_ERROR)
+
+
+TRACEBACK_LINES_SHOWN = 60
+
+
+def _bounded_traceback(text: str, secrets) -> str:
+    """``text`` when short; else its first :data:`TRACEBACK_LINES_SHOWN` lines and every Java
+    ``Caused by:`` line, the whole text going to the JVM log (a Py4JJavaError carries the full Java
+    stack: a catalogue lock once printed 21,000 lines)."""
+    from catalogfs.spark import jvm_log_path
+
+    lines = text.rstrip("\n").splitlines()
+    jvm_log = jvm_log_path()
+    if len(lines) <= TRACEBACK_LINES_SHOWN or jvm_log is None:
+        return "\n".join(lines)
+    causes = [line for line in lines[TRACEBACK_LINES_SHOWN:] if line.startswith("Caused by:")][:10]
+    with open(jvm_log, "a") as out:
+        out.write(f"\n--- {len(lines)}-line traceback of the catalogfs job, as caught by jobs.job_main ---\n"
+                  f"{redact_text(text, secrets)}\n")
+    return "\n".join([*lines[:TRACEBACK_LINES_SHOWN], f"  ... {len(lines) - TRACEBACK_LINES_SHOWN} more lines "
+                       f"(the whole traceback is at the end of the JVM log)", *causes])
 
 
 def _job_kwargs(args: argparse.Namespace, configure) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def print_rows(result, cfg: Config) -> None:
     if as_json:
         print(json.dumps(rows, default=str))
         return
+    if not columns:  # a statement without a result (DDL, SET …): no empty header lines
+        print(f"({len(rows)} rows)")
+        return
     cells = [[_short(r[c]) for c in columns] for r in rows]
     widths = [min(60, max([len(c)] + [len(row[i]) for row in cells])) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))

@@ -1,8 +1,14 @@
-"""The CLI's contract for user mistakes: one clear line and a documented exit code, no traceback.
-(These fail before Spark starts, so they need no JVM.)"""
+"""The CLI's contract: for user mistakes one clear line and a documented exit code, no traceback
+(these fail before Spark starts, so they need no JVM); and a quiet terminal, the JVM's output going
+to a log file under the data root (the last two tests, each a `catalogfs` process with its JVM)."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
+from catalogfs.config import DEFAULT_CONF_DIR, PROJECT_ROOT, load_config
 from jobs import cli
 from jobs import embed_frames, make_sample_videos
 
@@ -99,3 +105,103 @@ def test_bad_arguments_exit_2_without_traceback(capsys, argv, expected):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert expected in err.strip().splitlines()[-1], err
+
+
+# ------------------------------------------------- a quiet CLI: the JVM's output goes to a log file
+# Each test runs `catalogfs sql` as its own process (one JVM start each, ~15 s here): what a user
+# sees on the terminal, file descriptors and all.
+
+@pytest.fixture(scope="module")
+def cli_data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli-data")
+
+
+def _run_catalogfs(data_root, *args: str):
+    """``catalogfs <args>`` in a new process over ``data_root`` → (completed process, log files it added)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY_")}
+    env.update(SPARK_LOCAL_IP="127.0.0.1", GX_ANALYTICS_ENABLED="false")
+    logs = data_root / "logs"
+    before = set(logs.glob("*.log")) if logs.exists() else set()
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", *args, "--set", f"storage.data_root={data_root}"],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return done, sorted(set(logs.glob("*.log")) - before)
+
+
+def _local_delta_jars(data_root):
+    """The jars set-up recorded (``python -m catalogfs.spark``, which `make test` runs first), or None."""
+    from catalogfs.jars import local_delta_jars
+
+    cfg = load_config([DEFAULT_CONF_DIR / "local.yaml"], [f"storage.data_root={data_root}"])
+    return local_delta_jars(cfg.spark.ivy_cache)
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # a JVM start (~15 s on the 2-core CI machine, more under load)
+def test_sql_prints_the_result_and_nothing_else(cli_data_root):
+    done, new_logs = _run_catalogfs(cli_data_root, "sql", "SELECT 1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["1", "-", "1", "(1 rows)"]
+    jars = _local_delta_jars(cli_data_root)
+    if jars is not None:  # set-up resolved the Delta jars: Spark gets them as files, Ivy never runs
+        assert done.stderr == ""
+    else:  # set-up never ran here: the one INFO line saying how to pre-resolve (package resolution)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and "Delta jars not resolved yet" in lines[0] and "catalogfs.spark" in lines[0], \
+            done.stderr
+    # the JVM's output (Spark's log, Ivy's report if it ran) is in the run's log file instead
+    assert len(new_logs) == 1 and new_logs[0].name.startswith("spark-"), new_logs
+    jvm_output = new_logs[0].read_text()
+    assert "INFO SparkContext: Running Spark version" in jvm_output
+    if jars is not None:
+        assert ":: resolving dependencies ::" not in jvm_output
+        assert f"Added JAR {jars[0]}" in jvm_output
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_failing_command_names_its_jvm_log(cli_data_root):
+    done, new_logs = _run_catalogfs(cli_data_root, "sql", "--quiet", "SELECT * FROM no_such_table")
+    assert done.returncode == 4 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, done.stderr
+    assert lines[0].startswith("catalogfs sql: [TABLE_OR_VIEW_NOT_FOUND]") and "no_such_table" in lines[0]
+    assert lines[1] == f"JVM log: {new_logs[0]}" and len(new_logs) == 1
+    assert "INFO SparkContext: Running Spark version" in new_logs[0].read_text()
+
+
+def test_a_long_java_stack_is_cut_short_on_the_terminal_and_kept_in_the_jvm_log(monkeypatch, tmp_path, capsys):
+    """A bug surfacing as a Py4JJavaError carries the whole Java stack (a catalogue lock once printed
+    21,000 lines): the terminal gets its head and every ``Caused by:``, the JVM log all of it. No JVM:
+    build_spark is replaced by one that only names a log file, as the real one does."""
+    from catalogfs import spark as spark_module
+    from jobs.job_main import TRACEBACK_LINES_SHOWN, run_main
+
+    jvm_log = tmp_path / "spark-test.log"
+    jvm_log.write_text("JVM output\n")
+
+    def fake_build_spark(cfg):
+        monkeypatch.setattr(spark_module, "_jvm_log", jvm_log)
+        return object()
+
+    stack = ["\tat org.apache.hadoop.hive.metastore.Frame.call(Frame.java:1)"] * 3000
+    java_error = "\n".join(["An error occurred while calling o42.sql.",
+                            ": java.sql.SQLException: lock held by pw=hunter2secret", *stack,
+                            "Caused by: ERROR XSDB6: Another instance of Derby may have already booted", *stack[:50]])
+
+    def job(spark, cfg):
+        raise RuntimeError(java_error)
+
+    monkeypatch.setattr(spark_module, "_jvm_log", None)
+    monkeypatch.setattr(spark_module, "build_spark", fake_build_spark)
+    code = run_main(job, ["--set", f"storage.data_root={tmp_path}",
+                          "--set", "mlflow.tracking_uri=postgresql://u:hunter2secret@db/x"],
+                    prog="catalogfs test", description="")
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and err[0] == "catalogfs test: unexpected error (a bug), traceback:"
+    # the message line, the first lines of the traceback, "... N more lines", the one cause, the log's path
+    assert len(err) == 1 + TRACEBACK_LINES_SHOWN + 1 + 1 + 1, len(err)
+    assert err[-2] == "Caused by: ERROR XSDB6: Another instance of Derby may have already booted"
+    assert err[-1] == f"JVM log: {jvm_log}"
+    kept = jvm_log.read_text()
+    assert kept.startswith("JVM output\n") and kept.count("Frame.call") == 3050 and "XSDB6" in kept
+    assert "hunter2secret" not in kept and "hunter2secret" not in "\n".join(err)
