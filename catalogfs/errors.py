@@ -9,7 +9,8 @@ Exit codes (documented in the README):
   3 validation failed or candidates of the wrong schema, nothing published ·
   4 missing input (no videos, no table, no model, bad SQL) ·
   5 the publish kept losing commit races to concurrent writers, or Delta skipped it (retried; rerun the job) ·
-  6 the model registry kept failing (locked database, HTTP 5xx; retried; rerun the job)
+  6 the model registry kept failing (locked database, HTTP 5xx; retried; rerun the job) ·
+  7 the catalogue is in use by another process (the embedded metastore admits one at a time)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ EXIT_VALIDATION = 3
 EXIT_INPUT = 4
 EXIT_CONFLICT = 5
 EXIT_UNAVAILABLE = 6
+EXIT_BUSY = 7
 
 
 class CatalogfsError(Exception):
@@ -117,6 +119,14 @@ class RegistryUnavailable(CatalogfsError, RuntimeError):
     """The registry kept failing (locked database, HTTP 5xx, network) after bounded retries."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+# --- 7: the catalogue is busy ----------------------------------------------------------------
+
+class CatalogBusy(CatalogfsError, RuntimeError):
+    """Another process has the data root's embedded catalogue open; the message names it."""
+
+    exit_code = EXIT_BUSY
 
 
 # --- 1: internal, handled where raised ----------------------------------------------------------

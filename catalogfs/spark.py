@@ -29,6 +29,7 @@ from typing import Mapping
 
 from pyspark.sql import SparkSession
 
+from catalogfs.catalog_lock import ensure_catalog_free
 from catalogfs.config import PROJECT_ROOT, Config
 from catalogfs.jars import delta_packages, jars_dir, local_delta_jars
 
@@ -112,7 +113,7 @@ def build_spark(cfg: Config) -> SparkSession:
         settings.update(delta_jar_settings(cfg.spark.ivy_cache, cfg.spark.settings))
         if delta_packages() in settings["spark.jars.packages"]:
             _explain_fallback(cfg)
-        _launch_jvm(settings, cfg.storage.data_root / "logs")
+        _launch_jvm(settings, cfg.storage)
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -133,17 +134,19 @@ def _explain_fallback(cfg: Config) -> None:
              "(or %s -m catalogfs.spark)", delta_packages(), jars_dir(cfg.spark.ivy_cache), sys.executable)
 
 
-def _launch_jvm(settings: dict[str, str], logs_dir: Path) -> None:
+def _launch_jvm(settings: dict[str, str], storage) -> None:
     """Start this process's JVM (pyspark's launcher, i.e. spark-submit with ``settings`` as --conf)
     with its stdout and stderr going to a new log file under ``logs_dir``. Does nothing when the
-    JVM is already running (a second session in the same process keeps the first one's JVM)."""
+    JVM is already running (a second session in the same process keeps the first one's JVM).
+    Raises :class:`CatalogBusy` first when another process has the data root's catalogue open."""
     global _jvm_log
     from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
 
     if SparkContext._gateway is not None:
         return
-    _jvm_log = _new_jvm_log(logs_dir)
+    ensure_catalog_free(storage.data_root, storage.metastore_dir)
+    _jvm_log = _new_jvm_log(storage.data_root / "logs")
     conf = SparkConf(loadDefaults=False).setAll(settings.items())
     with open(_jvm_log, "ab") as out:  # the JVM keeps its own copy of the descriptor
         gateway = launch_gateway(conf, popen_kwargs={"stdout": out, "stderr": subprocess.STDOUT})

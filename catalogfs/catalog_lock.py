@@ -1,0 +1,78 @@
+"""Who holds a data root's embedded catalogue, found before this process starts a JVM.
+
+The embedded Hive metastore is a Derby database (``<data_root>/metastore_db``) that one process
+at a time may open: Derby's JVM holds a POSIX write lock on ``metastore_db/dbex.lck`` while it has
+the database booted. A second process that starts Spark on the same data root used to wait ~45 s
+and then print a 21,000-line Java stack ("Unable to instantiate SessionHiveMetaStoreClient").
+``fcntl(F_GETLK)`` asks the kernel who holds the lock, in about a millisecond, without taking it
+(the kernel releases it when the holder dies, so a stale file means nothing).
+
+Do not call this from a process whose own JVM holds the lock: closing any descriptor of a file
+drops the closing process's POSIX locks on it. The JVM is a child process of Python, so a check
+from Python is safe.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from pathlib import Path
+
+from catalogfs.errors import CatalogBusy
+
+LOCK_FILE = "dbex.lck"
+_FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment)
+
+
+def metastore_holder(metastore_dir: Path) -> int | None:
+    """The pid of the process that has the Derby metastore at ``metastore_dir`` open, or None."""
+    try:
+        fd = os.open(metastore_dir / LOCK_FILE, os.O_RDWR)
+    except OSError:  # never booted (no file), or not ours to open: Derby will say so itself
+        return None
+    try:
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        l_type, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))
+    finally:
+        os.close(fd)
+    return None if l_type == fcntl.F_UNLCK else pid
+
+
+def describe_process(pid: int) -> str:
+    """``pid N (command …)`` — for a Spark JVM, the command of the Python process that started it."""
+    def cmdline(p: int) -> str:
+        try:
+            raw = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+        return " ".join(raw.split())  # one line, whatever the arguments hold
+
+    def parent(p: int) -> int | None:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+    command = cmdline(pid)
+    owner = parent(pid) if "java" in command.split(" ", 1)[0] else None
+    if owner and cmdline(owner):
+        return f"pid {owner} ({_short(cmdline(owner))}), whose Spark JVM is pid {pid}"
+    return f"pid {pid} ({_short(command)})" if command else f"pid {pid}"
+
+
+def ensure_catalog_free(data_root: Path, metastore_dir: Path) -> None:
+    """Raise :class:`CatalogBusy` naming the holder when another process has the catalogue open."""
+    holder = metastore_holder(metastore_dir)
+    if holder is None or holder == os.getpid():
+        return
+    raise CatalogBusy(
+        f"the catalogue at {data_root} is in use by {describe_process(holder)}: its embedded metastore "
+        f"admits one process at a time. Wait for that process to finish (or stop it), then run this again.")
+
+
+def _short(command: str, limit: int = 160) -> str:
+    return command if len(command) <= limit else command[:limit] + " …"
