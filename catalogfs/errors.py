@@ -96,6 +96,12 @@ class SimilarityError(InputError, LookupError):
     """Unknown video or space, or nothing to search."""
 
 
+class ReadOnlyRefused(CatalogfsError, PermissionError):
+    """A consumer's SQL statement would change the catalogue (DDL/DML); nothing was run."""
+
+    exit_code = EXIT_CONFIG
+
+
 # --- 5: concurrent writers --------------------------------------------------------------------
 
 class PublishConflict(CatalogfsError, RuntimeError):

@@ -1,6 +1,9 @@
 """Run one SQL query against the feature catalog and print the result.
 
     catalogfs sql "SELECT video_id, label, score FROM catalog_features.video_labels ORDER BY score DESC LIMIT 5"
+
+Read-only: a statement that would change the catalogue (DDL, DML) is refused with exit code 2
+and nothing runs (:mod:`features.read_only`). Operators say so explicitly: ``--allow-writes``.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ import sys
 from typing import Sequence
 
 from catalogfs.config import Config
+from features.read_only import require_read_only
 from jobs.job_main import run_main
 
 
-def run(spark, cfg: Config, *, query: str, limit: int = 50, as_json: bool = False):
+def run(spark, cfg: Config, *, query: str, limit: int = 50, as_json: bool = False, allow_writes: bool = False):
+    if not allow_writes:
+        require_read_only(spark, query)
     df = spark.sql(query)
     return df.columns, [r.asDict(recursive=True) for r in df.limit(limit).collect()], as_json
 
@@ -49,6 +55,8 @@ def _arguments(parser) -> None:
     parser.add_argument("query", help="a Spark SQL query")
     parser.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
     parser.add_argument("--json", dest="as_json", action="store_true", help="print rows as JSON")
+    parser.add_argument("--allow-writes", action="store_true",
+                        help="operators only: run a statement that changes the catalogue (DDL/DML)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
