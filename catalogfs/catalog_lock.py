@@ -7,6 +7,10 @@ and then print a 21,000-line Java stack ("Unable to instantiate SessionHiveMetaS
 ``fcntl(F_GETLK)`` asks the kernel who holds the lock, in about a millisecond, without taking it
 (the kernel releases it when the holder dies, so a stale file means nothing).
 
+When the holder is this data root's ``catalogfs serve`` (its server record names it, or the Python
+process whose JVM it is: :mod:`catalogfs.server_record`), :func:`find_server` returns that record
+and the :class:`CatalogBusy` message says where the catalogue is served instead.
+
 Do not call this from a process whose own JVM holds the lock: closing any descriptor of a file
 drops the closing process's POSIX locks on it. The JVM is a child process of Python, so a check
 from Python is safe.
@@ -20,6 +24,7 @@ import struct
 from pathlib import Path
 
 from catalogfs.errors import CatalogBusy
+from catalogfs.server_record import ServerRecord, descends_from, pid_alive, read_record, record_path
 
 LOCK_FILE = "dbex.lck"
 _FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment)
@@ -64,11 +69,36 @@ def describe_process(pid: int) -> str:
     return f"pid {pid} ({_short(command)})" if command else f"pid {pid}"
 
 
+def serving_record(data_root: Path, holder: int | None) -> ServerRecord | None:
+    """The server record of ``data_root`` when the metastore lock's ``holder`` is that server
+    (its pid, or its Spark JVM child) and it is alive; else None (no record, or a stale one)."""
+    if holder is None:
+        return None
+    record = read_record(data_root)
+    if record is None or not pid_alive(record.pid) or not descends_from(holder, record.pid):
+        return None
+    return record
+
+
+def find_server(storage) -> ServerRecord | None:
+    """The live ``catalogfs serve`` of ``storage`` (a :class:`~catalogfs.config.StorageConfig`):
+    its record is present, its process is alive and it (through its JVM) holds the metastore lock.
+    None otherwise: no server, a stale record (the process died), or a server still starting."""
+    return serving_record(storage.data_root, metastore_holder(storage.metastore_dir))
+
+
 def ensure_catalog_free(data_root: Path, metastore_dir: Path) -> None:
-    """Raise :class:`CatalogBusy` naming the holder when another process has the catalogue open."""
+    """Raise :class:`CatalogBusy` naming the holder when another process has the catalogue open
+    (and the endpoints, when that process is this data root's ``catalogfs serve``)."""
     holder = metastore_holder(metastore_dir)
     if holder is None or holder == os.getpid():
         return
+    server = serving_record(data_root, holder)
+    if server is not None:
+        raise CatalogBusy(
+            f"the catalogue at {data_root} is served by catalogfs serve ({describe_process(holder)}): "
+            f"connect to it at {server.redacted_connect_url()} (token in {record_path(data_root)}) or "
+            f"{server.jdbc_url}, or stop it (catalogfs serve --stop) to use it directly.")
     raise CatalogBusy(
         f"the catalogue at {data_root} is in use by {describe_process(holder)}: its embedded metastore "
         f"admits one process at a time. Wait for that process to finish (or stop it), then run this again.")

@@ -222,6 +222,43 @@ class PublishConfig(_Section):
     retry_backoff_seconds: float = Field(2.0, ge=0, le=600, description="Wait before the first retry; doubles.")
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ServerConfig(_Section):
+    """``catalogfs serve``: one driver that owns the data root's catalogue and serves it over Spark
+    Connect (jobs, trusted clients) and HiveServer2 JDBC (SQL tools) on this machine."""
+
+    bind_host: str = Field("127.0.0.1", min_length=1, description=(
+        "Address both endpoints listen on. Keep loopback: the JDBC endpoint has no authentication and "
+        "the Connect token travels in plaintext (no TLS)."))
+    connect_port: int = Field(15002, ge=1, le=65535, description="Spark Connect (gRPC) port.")
+    jdbc_port: int = Field(10000, ge=1, le=65535, description="HiveServer2 (JDBC, Thrift binary) port.")
+    jdbc_read_only: bool = Field(True, description=(
+        "The JDBC endpoint refuses statements that would change the catalogue (DDL, DML, CACHE, ADD JAR, "
+        "CREATE FUNCTION …; SELECT, SHOW, DESCRIBE, EXPLAIN, SET and USE pass). Whatever this says, it "
+        "refuses TRANSFORM, reflect and files read by path (catalogfs/jdbc_guard.py). Spark Connect "
+        "clients, who hold the token, may still write."))
+    token: str = Field("", description=(
+        "Pre-shared token that Spark Connect clients must present (sc://localhost:<port>/;token=…). "
+        "Empty: a random one is generated at each start and kept in the server record "
+        "(<data_root>/serve.json, mode 0600). A secret: redacted wherever config is shown."))
+    start_timeout_seconds: float = Field(300.0, gt=0, le=3600, description=(
+        "How long `catalogfs serve --detach` waits for the server to be ready (Spark, both "
+        "endpoints, warm-up query) before it gives up and stops it."))
+
+    @field_validator("token")
+    @classmethod
+    def _token_chars(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", value):
+            raise ValueError("must be letters, digits and . _ ~ + / = - only (it goes into a URL)")
+        return value
+
+    @property
+    def loopback(self) -> bool:
+        return self.bind_host in _LOOPBACK or self.bind_host.startswith("127.")
+
+
 class Config(_Section):
     """The whole configuration of one run."""
 
@@ -236,6 +273,7 @@ class Config(_Section):
     validation: ValidationConfig
     retention: RetentionConfig
     publish: PublishConfig = PublishConfig()
+    server: ServerConfig = ServerConfig()
     sources: tuple[str, ...] = Field(default=(), description="Files the config was read from.")
 
     @property

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "video-neighbors": ("jobs.video_neighbors", "all-pairs top-k nearest videos of a space → video_neighbors"),
     "maintain": ("jobs.maintain", "VACUUM the tables, keeping the newest retention.keep_versions readable"),
     "sql": ("jobs.sql", "run a SQL query against the feature catalog and print the result"),
+    "serve": ("jobs.serve", "serve the catalogue over Spark Connect and JDBC from one driver (--status, --stop)"),
 }
 
 
