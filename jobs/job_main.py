@@ -56,6 +56,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(paths, args.overrides)
 
 
+def parse_and_load(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                   prog: str) -> tuple[argparse.Namespace, Config] | int:
+    """Parse ``argv`` (the parser has the common arguments), set up logging and load the config:
+    ``(args, cfg)``, or the exit code once argparse or the config error has been printed."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage and one error line (or --help)
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    setup_logging(args.log_level, args.quiet)
+    try:
+        return args, config_from_args(args)
+    except ConfigError as exc:
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
 def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, prog: str,
              description: str, report: Callable[[Any, Config], None] | None = None,
              configure: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
@@ -65,16 +81,10 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     add_common_arguments(parser)
     if configure:
         configure(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse printed usage and one error line (or --help)
-        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
-    setup_logging(args.log_level, args.quiet)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    parsed = parse_and_load(parser, argv, prog)
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     secrets = secret_values(cfg.model_dump(mode="json"))
     install_log_redaction(secrets)
     log.debug("effective config (secrets redacted): %s", redact(cfg.model_dump(mode="json")))

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from catalogfs.config import Config, ConfigError
-from jobs.job_main import EXIT_CONFIG, EXIT_OK, add_common_arguments, config_from_args, setup_logging
+from catalogfs.config import Config
+from catalogfs.errors import EXIT_OK
+from jobs.job_main import add_common_arguments, parse_and_load
 from jobs.samples import make_sample_videos, write_corrupt_sample
 
 
@@ -38,13 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="re-encode videos that exist")
     parser.add_argument("--no-corrupt", dest="corrupt", action="store_false",
                         help="do not write the truncated corrupt_upload.mp4")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.quiet)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"make_sample_videos: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    parsed = parse_and_load(parser, argv, "make_sample_videos")
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     paths = run(cfg, output=args.output, overwrite=args.overwrite, corrupt=args.corrupt)
     print(f"make_sample_videos: {len(paths)} videos in {paths[0].parent}")
     return EXIT_OK

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from catalogfs.catalog_lock import describe_process, ensure_catalog_free, find_server, metastore_holder
 from catalogfs.config import Config
-from catalogfs.errors import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, CatalogfsError, ConfigError
+from catalogfs.errors import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, CatalogfsError, ConfigError
 from catalogfs.redaction import install_log_redaction, redact_text, secret_values
 from catalogfs.server_record import (
     ServerRecord, pid_alive, read_record, record_path, remove_record, serve_lock, write_record,
@@ -44,7 +44,7 @@ from catalogfs.server_session import (
     TOKEN_ENV, connect_url, ensure_ports_free, jdbc_url, new_token, server_config, server_settings, start_jdbc,
     warm_up,
 )
-from jobs.job_main import add_common_arguments, config_from_args, setup_logging
+from jobs.job_main import add_common_arguments, parse_and_load
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -74,16 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     _arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
-    setup_logging(args.log_level, args.quiet)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    parsed = parse_and_load(parser, argv, PROG)
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     secrets = secret_values(cfg.model_dump(mode="json"))
     install_log_redaction(secrets)
     if args.check:

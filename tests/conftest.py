@@ -113,3 +113,31 @@ def _jvm_only_in_spark_tests(request):
     if _jvm_started():
         pytest.fail(f"{request.node.nodeid} started a JVM but is not marked `spark`: use the `spark` "
                     "fixture or mark it (@pytest.mark.spark)", pytrace=False)
+
+
+_LOCK_HOLDER = """
+import fcntl, sys, time
+fh = open(sys.argv[1], "a+")
+fcntl.lockf(fh, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held(tmp_path):
+    """(data root, process): a stand-in for another process's Spark JVM holding a fresh data root's
+    embedded metastore (a POSIX lock on ``metastore_db/dbex.lck``, like Derby's); no JVM needed."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    (root / "metastore_db").mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, str(root / "metastore_db" / "dbex.lck")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield root, proc
+    finally:
+        proc.kill()
+        proc.wait()

@@ -3,6 +3,7 @@
 The embedded Derby metastore admits one process; its JVM holds a POSIX lock on
 ``metastore_db/dbex.lck``. A stand-in process holds the same lock here (no JVM needed), and a
 second command on the data root must say who holds it instead of waiting ~45 s for a Java stack.
+The stand-in is the ``held`` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -13,31 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from catalogfs.catalog_lock import metastore_holder
-
-HOLDER = """
-import fcntl, sys, time
-fh = open(sys.argv[1], "a+")
-fcntl.lockf(fh, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(120)
-"""
-
-
-@pytest.fixture
-def held(tmp_path):
-    root = tmp_path / "data"
-    (root / "metastore_db").mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(root / "metastore_db" / "dbex.lck"),
-                             "catalogfs-embed-stand-in"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "locked"
-        yield root, proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_the_holder_is_found_and_released(held):

@@ -337,30 +337,6 @@ def test_detach_restarts_it_and_jdbc_reads_first_after_a_restart(server, detache
 
 # --- no server needed (stand-in processes, no JVM) -----------------------------------------------
 
-HOLDER = """
-import fcntl, sys, time
-fh = open(sys.argv[1], "a+")
-fcntl.lockf(fh, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(120)
-"""
-
-
-@pytest.fixture
-def held(tmp_path):
-    """A stand-in for a server's JVM: a process holding the metastore lock of a fresh data root."""
-    root = tmp_path / "data"
-    (root / "metastore_db").mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(root / "metastore_db" / "dbex.lck")],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "locked"
-        yield root, proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def _record(root: Path, pid: int) -> ServerRecord:
     return ServerRecord(pid=pid, jvm_pid=pid, connect_url="sc://localhost:1/;token=abcdef", jdbc_url="jdbc:hive2://x",
                         token="abcdef", started_at="2026-01-01T00:00:00+00:00", data_root=str(root), log_file="")
