@@ -212,7 +212,7 @@ def _spark_udf_column(variant: str, spark, cfg, workdir: Path, batch: int, loads
 
     bundle = str(workdir / "bundle")
     if variant == "catalogfs":
-        from features.staging import compute_frame_candidates
+        from features.staging import compute_frame_candidates, new_observation
         from features.spaces import EmbeddingSpace
         from udfs.model_registry import ResolvedModel, default_bundle_spec
 
@@ -223,9 +223,12 @@ def _spark_udf_column(variant: str, spark, cfg, workdir: Path, batch: int, loads
         def transform(df):
             frames = df.withColumn("status", F.lit("ok")).withColumn("error", F.lit(None).cast("string")) \
                        .withColumn("content_sha256", F.lit(None).cast("string"))
+            transform.observations.append(new_observation(spark))  # model loads, read after the action
             out = compute_frame_candidates(spark, frames, model, space, cfg, run_id="bench",
-                                           computed_at=datetime.now(timezone.utc), model_loads=loads)
+                                           computed_at=datetime.now(timezone.utc),
+                                           observation=transform.observations[-1])
             return out.select("video_id", "frame_ts_ms", "embedding")
+        transform.observations = []
         return transform
 
     if variant == "predict_batch_udf":
@@ -273,6 +276,13 @@ def _spark_udf_column(variant: str, spark, cfg, workdir: Path, batch: int, loads
     raise ValueError(variant)
 
 
+def _observed_loads(transform) -> int:
+    """Model loads the catalogfs variant's Observations saw (its UDF reports them in its output)."""
+    from features.staging import observed_counts
+
+    return sum(observed_counts(o)["model_loads"] for o in getattr(transform, "observations", []))
+
+
 def run_spark_variant(variant: str, workdir: Path, batch: int, cores: int, frames_name: str) -> dict:
     from catalogfs.spark import build_spark
 
@@ -297,7 +307,7 @@ def run_spark_variant(variant: str, workdir: Path, batch: int, cores: int, frame
         return {"frames": n, "seconds": seconds, "cold_warmup_seconds": cold_seconds, "partitions": parts,
                 "python_workers": len(workers),
                 "peak_rss_mb": max((w["peak_rss_mb"] for w in workers), default=0.0),
-                "model_loads": int(loads.value)}
+                "model_loads": int(loads.value) + _observed_loads(transform)}
     finally:
         spark.stop()
 

@@ -243,6 +243,10 @@ class ServerConfig(_Section):
         "Pre-shared token that Spark Connect clients must present (sc://localhost:<port>/;token=…). "
         "Empty: a random one is generated at each start and kept in the server record "
         "(<data_root>/serve.json, mode 0600). A secret: redacted wherever config is shown."))
+    use: Literal["auto", "always", "never"] = Field("auto", description=(
+        "Whether jobs and commands go through the data root's running server: auto (when one is "
+        "running, else their own Spark driver), always (exit 6 when none runs), never (their own "
+        "driver; exit 7 while a server holds the catalogue)."))
     start_timeout_seconds: float = Field(300.0, gt=0, le=3600, description=(
         "How long `catalogfs serve --detach` waits for the server to be ready (Spark, both "
         "endpoints, warm-up query) before it gives up and stops it."))

@@ -127,6 +127,12 @@ class RegistryUnavailable(CatalogfsError, RuntimeError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class ServerUnavailable(CatalogfsError, RuntimeError):
+    """``server.use=always`` and the data root has no running server (or it cannot be reached)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
 # --- 7: the catalogue is busy ----------------------------------------------------------------
 
 class CatalogBusy(CatalogfsError, RuntimeError):

@@ -23,18 +23,20 @@ from datetime import datetime
 import logging
 import os
 from pathlib import Path
+import re
 import subprocess
 import sys
 from typing import Mapping
 
 from pyspark.sql import SparkSession
 
-from catalogfs.catalog_lock import ensure_catalog_free
+from catalogfs.catalog_lock import ensure_catalog_free, find_server
 from catalogfs.config import PROJECT_ROOT, Config
+from catalogfs.errors import ServerUnavailable
 from catalogfs.jars import delta_packages, jars_dir, local_delta_jars
 
-__all__ = ["build_spark", "delta_jar_settings", "delta_packages", "jvm_log_path", "running_under_spark_submit",
-           "session_settings", "write_spark_defaults"]
+__all__ = ["build_spark", "default_parallelism", "delta_jar_settings", "delta_packages", "is_connect",
+           "jvm_log_path", "running_under_spark_submit", "server_session", "session_settings", "write_spark_defaults"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,27 @@ _fallback_explained = False
 def running_under_spark_submit() -> bool:
     """True when this Python process was started by spark-submit (the JVM is already running)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session (a client of ``catalogfs serve``): no SparkContext, no py4j."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The driver's default parallelism (``sc.defaultParallelism``), also over Spark Connect, where
+    there is no SparkContext: then ``spark.default.parallelism`` when set, else the cores of a
+    ``local[N]`` / ``local[*]`` master (the server runs on this machine), else this machine's cores."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    configured = spark.conf.get("spark.default.parallelism", None)
+    if configured:
+        return max(1, int(configured))
+    master = spark.conf.get("spark.master", None) or ""
+    cores = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master.strip())
+    if cores and cores.group(1) != "*":
+        return max(1, int(cores.group(1)))
+    return max(1, os.cpu_count() or 1)
 
 
 def jvm_log_path() -> Path | None:
@@ -102,6 +125,10 @@ def build_spark(cfg: Config) -> SparkSession:
     """Create (or return) the session for ``cfg``. Spark is started here and nowhere else."""
     if cfg.spark.managed:  # Databricks and similar: Delta, catalog and master come with the platform
         return SparkSession.builder.appName(cfg.spark.app_name).getOrCreate()
+    if not running_under_spark_submit():
+        remote = server_session(cfg)
+        if remote is not None:
+            return remote
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must run this interpreter (the project's environment), not the system python3.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -120,6 +147,37 @@ def build_spark(cfg: Config) -> SparkSession:
     log.debug("starting Spark (%s)", settings.get("spark.master", "from spark-submit"))
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+# Session settings a Connect client applies to its own session on the server (runtime SQL
+# settings; the static ones, such as the catalog and the extensions, are the server's).
+_CLIENT_SETTINGS = ("spark.sql.execution.", "spark.databricks.delta.")
+
+
+def server_session(cfg: Config) -> SparkSession | None:
+    """A Spark Connect session on the data root's running ``catalogfs serve`` (``server.use``: auto,
+    always), or None: no server runs (auto) or ``server.use=never``. Raises
+    :class:`ServerUnavailable` for ``always`` without a server, or when the server does not answer."""
+    if cfg.server.use == "never" or cfg.spark.managed:
+        return None
+    server = find_server(cfg.storage)
+    if server is None:
+        if cfg.server.use == "always":
+            raise ServerUnavailable(f"server.use=always, but no catalogfs serve is running for "
+                                    f"{cfg.storage.data_root}: start one with `catalogfs serve --detach`")
+        return None
+    log.info("using the catalogue server of %s (pid %d): %s", cfg.storage.data_root, server.pid,
+             server.redacted_connect_url())
+    try:
+        spark = SparkSession.builder.remote(server.connect_url).getOrCreate()
+        for key, value in session_settings(cfg).items():
+            if key.startswith(_CLIENT_SETTINGS):
+                spark.conf.set(key, value)  # also the first call: it fails at once when the server does not answer
+    except Exception as exc:
+        raise ServerUnavailable(f"the catalogue server of {cfg.storage.data_root} (pid {server.pid}, "
+                                f"{server.redacted_connect_url()}) did not answer: "
+                                f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
     return spark
 
 

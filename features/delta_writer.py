@@ -11,11 +11,11 @@ import json
 import logging
 import re
 import shutil
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -146,8 +146,14 @@ def add_missing_columns(spark: SparkSession, name: str, table: TableDef) -> list
 
 def table_version(spark: SparkSession, storage: StorageConfig, table: str) -> int:
     """Latest Delta version of a published table."""
-    row = DeltaTable.forName(spark, storage.qualified(table)).history(1).select("version").first()
+    row = _history(spark, storage.qualified(table), 1).select("version").first()
     return int(row["version"]) if row else -1
+
+
+def _history(spark: SparkSession, name: str, limit: int | None = None) -> DataFrame:
+    """``DESCRIBE HISTORY`` of table ``name`` (newest first; the newest ``limit`` when given): SQL,
+    so that it works over Spark Connect too (the ``DeltaTable`` Python API does not)."""
+    return spark.sql(f"DESCRIBE HISTORY {name}" + (f" LIMIT {int(limit)}" if limit is not None else ""))
 
 
 def run_commits(spark: SparkSession, storage: StorageConfig, table: str, *, since_version: int = -1,
@@ -155,7 +161,7 @@ def run_commits(spark: SparkSession, storage: StorageConfig, table: str, *, sinc
     """Data commits (MERGE, WRITE, DELETE, UPDATE) of a published table newer than ``since_version``
     (the newest ``limit`` when given), each ``{"version", "operation", **its commit metadata}`` —
     how a job proves that its own commit happened (by ``run_id``) instead of trusting that it did."""
-    history = DeltaTable.forName(spark, storage.qualified(table)).history(limit)
+    history = _history(spark, storage.qualified(table), limit)
     rows = (history.where(F.col("version") > since_version)
             .select("version", "operation", "userMetadata").collect())
     commits = []
@@ -199,7 +205,7 @@ def register_space(spark: SparkSession, storage: StorageConfig, tables: Sequence
     """Record ``space_id`` in each table's ``catalogfs.embedding_spaces`` property (once per space)."""
     for table in tables:
         name = storage.qualified(table)
-        props = DeltaTable.forName(spark, name).detail().select("properties").first()["properties"] or {}
+        props = spark.sql(f"DESCRIBE DETAIL {name}").select("properties").first()["properties"] or {}
         spaces = [s for s in props.get(SPACES_PROPERTY, "").split(",") if s]
         if space_id not in spaces:
             value = ",".join(spaces + [space_id])
@@ -250,15 +256,28 @@ def merge_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, sou
     name = storage.qualified(table.name)
     check_schema(table, source, qualified_name=name)
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in table.keys)
-    columns = [f.name for f in table.schema.fields]
-    assignments = {f"`{c}`": F.col(f"s.`{c}`") for c in columns}
-    merge = (DeltaTable.forName(spark, name).alias("t")
-             .merge(source.select(*columns).alias("s"), on)
-             .whenMatchedUpdate(condition=update_condition, set=assignments)
-             .whenNotMatchedInsert(values=assignments))
-    if delete_scope:
-        merge = merge.whenNotMatchedBySourceDelete(condition=delete_scope)
-    merge.execute()
+    _merge(spark, name, table, source, on, update_condition=update_condition, delete_scope=delete_scope)
+
+
+def _merge(spark: SparkSession, name: str, table: TableDef, source: DataFrame, on: str, *,
+           update_condition: str | None = None, delete_scope: str | None = None) -> None:
+    """One SQL ``MERGE INTO name AS t USING <source> AS s ON on``: matched rows updated (where
+    ``update_condition`` holds), the others inserted, and with ``delete_scope`` the target rows in
+    that scope that the source lacks deleted. The source is a temp view of its table columns, under
+    a name unique to this call, dropped afterwards (SQL, so that it works over Spark Connect too)."""
+    view = f"_catalogfs_merge_{uuid.uuid4().hex}"
+    source.select(*[f.name for f in table.schema.fields]).createOrReplaceTempView(view)
+    columns = [f"`{f.name}`" for f in table.schema.fields]
+    statement = (f"MERGE INTO {name} AS t USING {view} AS s ON {on} "
+                 f"WHEN MATCHED{f' AND ({update_condition})' if update_condition else ''} THEN UPDATE SET "
+                 + ", ".join(f"{c} = s.{c}" for c in columns)
+                 + f" WHEN NOT MATCHED THEN INSERT ({', '.join(columns)})"
+                 + f" VALUES ({', '.join(f's.{c}' for c in columns)})"
+                 + (f" WHEN NOT MATCHED BY SOURCE AND ({delete_scope}) THEN DELETE" if delete_scope else ""))
+    try:
+        spark.sql(statement)
+    finally:
+        spark.catalog.dropTempView(view)
 
 
 def append_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, rows: DataFrame) -> None:
@@ -275,7 +294,4 @@ def upsert_rows(spark: SparkSession, storage: StorageConfig, table: TableDef, ro
     have written first on behalf of a run that turns out to be alive)."""
     name = storage.qualified(table.name)
     check_schema(table, rows, qualified_name=name)
-    columns = [f.name for f in table.schema.fields]
-    assignments = {f"`{c}`": F.col(f"s.`{c}`") for c in columns}
-    (DeltaTable.forName(spark, name).alias("t").merge(rows.select(*columns).alias("s"), on)
-     .whenMatchedUpdate(set=assignments).whenNotMatchedInsert(values=assignments).execute())
+    _merge(spark, name, table, rows, on)

@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
+from catalogfs.spark import default_parallelism
 from features import delta_writer
 from features.tables import FRAMES
 from features.video_frames import ExtractOptions, extract_video_frames
@@ -49,7 +50,7 @@ def frames_dataframe(spark: SparkSession, videos: Sequence[tuple[str, str]], opt
                 rows = list(extract_video_frames(video_id, uri, options, now=now))
                 yield pd.DataFrame(rows, columns=columns)
 
-    parallelism = max(1, min(len(videos), spark.sparkContext.defaultParallelism * 2))
+    parallelism = max(1, min(len(videos), default_parallelism(spark) * 2))
     source = spark.createDataFrame(list(videos), "video_id string, uri string").repartition(parallelism)
     return source.mapInPandas(extract, FRAMES.schema)
 

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import unquote
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
+from catalogfs.spark import default_parallelism
 from features.tables import ALL_TABLES
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def listing_parallelism(spark: SparkSession) -> Iterator[None]:
     tasks, 10,000 by default: minutes of task overhead on a small machine for a listing that a
     few tasks per core do as well. Capped at four per core while VACUUM runs, then restored."""
     previous = spark.conf.get(_LISTING_PARALLELISM)
-    cap = 4 * max(1, spark.sparkContext.defaultParallelism)
+    cap = 4 * max(1, default_parallelism(spark))
     spark.conf.set(_LISTING_PARALLELISM, str(min(int(previous), cap)))
     try:
         yield
@@ -158,7 +158,7 @@ def vacuum_keep_versions(spark: SparkSession, table: str, keep: int) -> VacuumRe
     they are younger than ``delta.deletedFileRetentionDuration``)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
-    history = (DeltaTable.forName(spark, table).history().select("version", "timestamp")
+    history = (spark.sql(f"DESCRIBE HISTORY {table}").select("version", "timestamp")
                .orderBy(F.desc("version")).collect())
     if len(history) <= keep:
         return VacuumResult(table, len(history), int(history[-1]["version"]) if history else 0, None)

@@ -107,11 +107,18 @@ def rollback_target(spark: SparkSession, storage: StorageConfig) -> tuple[str, s
 
 
 def _create_views(spark: SparkSession, storage: StorageConfig, space_id: str, views: dict[str, str]) -> None:
+    """Point each ``current_*`` view at ``space_id``. An existing view is changed with ``ALTER VIEW
+    … AS`` (one metastore update), never ``CREATE OR REPLACE VIEW``, which drops the view and creates
+    it again: a reader in between (JDBC, Spark Connect) failed with TABLE_OR_VIEW_NOT_FOUND."""
     literal = delta_writer.sql_literal(space_id)
     for view, table in views.items():
-        spark.sql(f"CREATE OR REPLACE VIEW {storage.qualified(view)} "
-                  f"COMMENT 'catalogfs: rows of the current embedding space' AS "
-                  f"SELECT * FROM {storage.qualified(table)} WHERE embedding_space = {literal}")
+        name = storage.qualified(view)
+        select = f"SELECT * FROM {storage.qualified(table)} WHERE embedding_space = {literal}"
+        if spark.catalog.tableExists(name):
+            spark.sql(f"ALTER VIEW {name} AS {select}")
+        else:
+            spark.sql(f"CREATE VIEW IF NOT EXISTS {name} COMMENT 'catalogfs: rows of the current embedding space' "
+                      f"AS {select}")
 
 
 def refresh_current_views(spark: SparkSession, storage: StorageConfig) -> list[str]:

@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.statuses import INPUT_STATUSES, TRANSIENT_STATUSES, Status
+from features import delta_writer
 from features.spaces import EmbeddingSpace
 from features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
 
@@ -33,10 +34,19 @@ class SpaceTables:
     @classmethod
     def read(cls, spark: SparkSession, storage: StorageConfig, space: EmbeddingSpace, *,
              with_flags: bool) -> "SpaceTables":
-        def in_space(table: str) -> DataFrame:
-            return spark.table(storage.qualified(table)).where(F.col("embedding_space") == space.id)
+        """The tables, each pinned to the Delta version it has now (time travel), so that every
+        later action of the run (plan, embed, stage, publish scopes) reads the same snapshot
+        whatever other jobs commit meanwhile. A DataFrame read by name re-reads the newest version
+        at each action (over Spark Connect it is analysed again each time): a run planned 4 frames,
+        an extract committed 2 more, and the embed stage then computed 6."""
+        def pinned(table: str) -> DataFrame:
+            version = delta_writer.table_version(spark, storage, table)
+            return spark.sql(f"SELECT * FROM {storage.qualified(table)} VERSION AS OF {version}")
 
-        return cls(spark.table(storage.qualified(FRAMES.name)), in_space(FRAME_EMBEDDINGS.name),
+        def in_space(table: str) -> DataFrame:
+            return pinned(table).where(F.col("embedding_space") == space.id)
+
+        return cls(pinned(FRAMES.name), in_space(FRAME_EMBEDDINGS.name),
                    in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
                    in_space(VIDEO_FLAGS.name) if with_flags else None)
 

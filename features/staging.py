@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import Config
 from catalogfs.progress import Progress
+from catalogfs.spark import default_parallelism, is_connect
 from catalogfs.statuses import Status
 from features import delta_writer
 from features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageStats:
-    """What the embedding stage did (from Spark accumulators and one grouped count)."""
+    """What the embedding stage did (from an Observation of the embed UDF's output and one grouped count)."""
 
     frames_embedded: int = 0
     forward_passes: int = 0
@@ -63,18 +66,22 @@ def engine_options(cfg: Config) -> EngineOptions:
 
 def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: ResolvedModel,
                              space: EmbeddingSpace, cfg: Config, *, run_id: str,
-                             computed_at: datetime, forward_passes=None, frames_done=None,
-                             model_loads=None) -> DataFrame:
+                             computed_at: datetime, observation=None, frames_done=None) -> DataFrame:
     """Run the embed UDF over ``frames``; returns rows with the ``frame_embeddings`` schema.
 
     Frames that arrived with a non-ok status keep it (and get no vector); frames the engine could
-    not decode get the engine's status.
+    not decode get the engine's status. ``observation`` (a :func:`new_observation`), when given,
+    receives ``forward_passes`` and ``model_loads``, the sums over the UDF's output, once an action
+    ran; ``frames_done`` is an optional accumulator (classic sessions only) for live progress.
     """
     udf = make_embed_udf(model.source_uri, engine_options(cfg),
                          cache_dir=str(cfg.storage.model_cache_dir / model.name / model.version),
-                         forward_passes=forward_passes, frames_done=frames_done, model_loads=model_loads)
-    frame_ok = F.col("status") == Status.OK
+                         frames_done=frames_done)
     out = frames.withColumn("_r", udf(F.col("image")))
+    if observation is not None:
+        out = out.observe(observation, *(F.coalesce(F.sum(f"_r.{counter}"), F.lit(0)).alias(name)
+                                         for counter, name in _OBSERVED.items()))
+    frame_ok = F.col("status") == Status.OK
     return out.select(
         "video_id", "frame_ts_ms",
         F.lit(space.id).alias("embedding_space"),
@@ -91,6 +98,25 @@ def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: Reso
         F.lit(run_id).alias("run_id"),
         F.lit(computed_at).cast("timestamp").alias("computed_at"),
     )
+
+
+# the UDF's counter fields (udfs.spark_udf.COUNTER_FIELDS) → the observed metrics, named as StageStats
+_OBSERVED = {"forward_passes": "forward_passes", "model_load": "model_loads"}
+
+
+def new_observation(spark: SparkSession):
+    """A fresh, uniquely named ``Observation`` of the session's kind (classic or Spark Connect)."""
+    if is_connect(spark):
+        from pyspark.sql.connect.observation import Observation
+    else:
+        from pyspark.sql.observation import Observation
+    return Observation(f"catalogfs_embed_{uuid.uuid4().hex}")
+
+
+def observed_counts(observation) -> dict[str, int]:
+    """``forward_passes`` and ``model_loads`` from an observation whose action ran (0 where absent)."""
+    metrics = observation.get or {}
+    return {name: int(metrics.get(name) or 0) for name in _OBSERVED.values()}
 
 
 def next_frame_state(frames: DataFrame, candidates: DataFrame, published: DataFrame,
@@ -135,21 +161,24 @@ def _embed(spark: SparkSession, cfg: Config, model: ResolvedModel, space: Embedd
            run_id: str, started: datetime, staging: Path) -> tuple[DataFrame, StageStats, set[str]]:
     """The embed UDF over the planned frames, written to staging (the one step that runs the model).
     Returns the staged candidates, what the stage did, and the videos of the candidates."""
-    n_todo, todo, sc = plan.frames_to_embed, plan.todo, spark.sparkContext
-    passes, frames_done, model_loads = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
+    n_todo, todo = plan.frames_to_embed, plan.todo
     if n_todo:
-        todo = todo.repartition(max(1, min(sc.defaultParallelism * 2, math.ceil(n_todo / cfg.inference.batch_size))))
+        todo = todo.repartition(max(1, min(default_parallelism(spark) * 2,
+                                           math.ceil(n_todo / cfg.inference.batch_size))))
         log.info("embedding %d frames into space %s", n_todo, space.id)
+    # live progress needs an accumulator: classic sessions only (Spark Connect has none)
+    frames_done = None if is_connect(spark) else spark.sparkContext.accumulator(0)
+    observation = new_observation(spark) if n_todo else None  # nothing to embed: no model runs
     candidates = compute_frame_candidates(spark, todo, model, space, cfg, run_id=run_id, computed_at=started,
-                                          forward_passes=passes, frames_done=frames_done, model_loads=model_loads)
+                                          observation=observation, frames_done=frames_done)
     t0 = time.monotonic()
-    with Progress("embedding", n_todo, frames_done):
+    with Progress("embedding", n_todo, frames_done) if frames_done is not None else nullcontext():
         candidates = delta_writer.write_staging(candidates, staging / FRAME_EMBEDDINGS.name)
     seconds = time.monotonic() - t0
     counts: dict[str, int] = {}
     by_video_status = candidates.groupBy("video_id", "status").count().collect()  # one small job for both
     for r in by_video_status:
         counts[r["status"]] = counts.get(r["status"], 0) + int(r["count"])
-    stats = StageStats(frames_embedded=n_todo, forward_passes=int(passes.value), model_loads=int(model_loads.value),
-                       embed_seconds=seconds, status_counts=counts)
+    counters = observed_counts(observation) if observation is not None else {}
+    stats = StageStats(frames_embedded=n_todo, embed_seconds=seconds, status_counts=counts, **counters)
     return candidates, stats, {r["video_id"] for r in by_video_status}

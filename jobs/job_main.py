@@ -115,9 +115,12 @@ def _run_job(job, args, cfg: Config, build_spark, report, configure, fail: Calla
 
     try:
         spark = build_spark(cfg)
-        result = job(spark, cfg, **_job_kwargs(args, configure))
-        if report is not None:
-            report(result, cfg)
+        try:
+            result = job(spark, cfg, **_job_kwargs(args, configure))
+            if report is not None:
+                report(result, cfg)
+        finally:
+            _release_if_client(spark)
         return EXIT_OK
     except ConfigError as exc:
         return fail(f"config error: {exc}", EXIT_CONFIG)
@@ -129,6 +132,18 @@ def _run_job(job, args, cfg: Config, build_spark, report, configure, fail: Calla
     except Exception:  # a bug: show where, without secrets (a Java stack is cut short, see below)
         return fail("unexpected error (a bug), traceback:\n" + _bounded_traceback(traceback.format_exc(), secrets),
                     EXIT_ERROR)
+
+
+def _release_if_client(spark) -> None:
+    """End this command's session on the catalogue server (a Spark Connect client); a session of
+    our own driver stays for the process (tests share one)."""
+    from catalogfs.spark import is_connect
+
+    if is_connect(spark):
+        try:
+            spark.stop()
+        except Exception as exc:  # the server went away: nothing of ours is left on it
+            log.debug("releasing the server session: %s", exc)
 
 
 TRACEBACK_LINES_SHOWN = 60

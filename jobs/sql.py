@@ -13,14 +13,12 @@ import sys
 from typing import Sequence
 
 from catalogfs.config import Config
-from features.read_only import require_read_only
+from features.read_only import read_only_sql
 from jobs.job_main import run_main
 
 
 def run(spark, cfg: Config, *, query: str, limit: int = 50, as_json: bool = False, allow_writes: bool = False):
-    if not allow_writes:
-        require_read_only(spark, query)
-    df = spark.sql(query)
+    df = spark.sql(query) if allow_writes else read_only_sql(spark, query)
     return df.columns, [r.asDict(recursive=True) for r in df.limit(limit).collect()], as_json
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+import re
+import signal
+import socket
+import subprocess
+import time
 
 from catalogfs.config import Config
+from catalogfs.server_record import read_record
 
 
 def photo_bytes(name: str, fmt: str = "JPEG", **save_args) -> bytes:
@@ -22,3 +29,63 @@ def photo_bytes(name: str, fmt: str = "JPEG", **save_args) -> bytes:
 def with_database(cfg: Config, database: str) -> Config:
     """The same config writing to another database (tests isolate their tables this way)."""
     return cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"database": database})})
+
+
+# --- catalogfs serve in tests (tests/test_serve.py, tests/test_shared_catalog.py) ---------------
+
+def server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+                        "CATALOGFS_SERVE_TOKEN")}
+    return {**env, "SPARK_LOCAL_IP": "127.0.0.1"}
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_until_served(root: Path, proc: subprocess.Popen, output: Path, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while read_record(root) is None:
+        assert proc.poll() is None, f"catalogfs serve exited {proc.returncode}:\n{output.read_text()}"
+        assert time.monotonic() < deadline, f"not ready in {timeout} s:\n{output.read_text()}"
+        time.sleep(0.5)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL to the whole process group (the server, its JVM, Python workers)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its session leader: the group id is its pid
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def beeline_script(jdbc_url: str, folder: Path, statements: list[str]) -> subprocess.CompletedProcess:
+    """Each statement in turn on one connection (a file with --force: a refused one does not stop it)."""
+    import pyspark
+
+    script = folder / "statements.sql"
+    script.write_text("".join(f"{statement};\n" for statement in statements))
+    jars = Path(pyspark.__file__).parent / "jars"
+    return subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u", jdbc_url,
+                           "--silent=true", "--outputformat=csv2", "--force=true", "-f", str(script)],
+                          capture_output=True, text=True, timeout=180, env=server_env())
+
+
+def beeline_csv_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """beeline's csv2 output, without the prompt it echoes ("0: jdbc:hive2://…> ") before a header."""
+    return [re.sub(r"^\d+: jdbc:\S*> ", "", line).strip() for line in done.stdout.splitlines()]

@@ -28,6 +28,8 @@ from catalogfs.catalog_lock import find_server, metastore_holder
 from catalogfs.config import DEFAULT_CONF_DIR, load_config
 from catalogfs.redaction import redact
 from catalogfs.server_record import ServerRecord, descends_from, pid_alive, read_record, record_path, write_record
+from tests.helpers import beeline_csv_lines as _csv_lines, beeline_script as _beeline_script, free_ports as _free_ports
+from tests.helpers import server_env as _env, stop_process_group as _stop_for_good, wait_until_served as _wait_until_ready
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -58,24 +60,6 @@ rows = [[r.k, r.v] for r in spark.table("served.items").orderBy("k").collect()]
 provider = spark.sql("DESCRIBE DETAIL served.items").collect()[0]["format"]
 print(json.dumps({"rows": rows, "format": provider, "wrong_token_refused": refused}))
 """
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_CONNECT_AUTHENTICATE_TOKEN",
-                        "CATALOGFS_SERVE_TOKEN")}
-    return {**env, "SPARK_LOCAL_IP": "127.0.0.1"}
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _catalogfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -114,29 +98,6 @@ def server(tmp_path_factory):
         _stop_for_good(proc)
 
 
-def _wait_until_ready(root: Path, proc: subprocess.Popen, output: Path, *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while read_record(root) is None:
-        assert proc.poll() is None, f"catalogfs serve exited {proc.returncode}:\n{output.read_text()}"
-        assert time.monotonic() < deadline, f"not ready in {timeout} s:\n{output.read_text()}"
-        time.sleep(0.5)
-
-
-def _stop_for_good(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL to the whole process group (the server, its JVM, Python workers)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # its session leader: the group id is its pid
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
 def _beeline(jdbc_url: str, query: str) -> subprocess.CompletedProcess:
     """beeline from pyspark's jars (found through pyspark.__file__: .venv has no jars of its own)."""
     import pyspark
@@ -147,27 +108,10 @@ def _beeline(jdbc_url: str, query: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180, env=_env())
 
 
-def _beeline_script(jdbc_url: str, folder: Path, statements: list[str]) -> subprocess.CompletedProcess:
-    """Each statement in turn on one connection (a file with --force: a refused one does not stop it)."""
-    import pyspark
-
-    script = folder / "statements.sql"
-    script.write_text("".join(f"{statement};\n" for statement in statements))
-    jars = Path(pyspark.__file__).parent / "jars"
-    return subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u", jdbc_url,
-                           "--silent=true", "--outputformat=csv2", "--force=true", "-f", str(script)],
-                          capture_output=True, text=True, timeout=180, env=_env())
-
-
 def _refusals(done: subprocess.CompletedProcess) -> list[str]:
     """What the guard said, one entry per refused statement, in order."""
     return [re.search(r"catalogfs: the JDBC endpoint (.*)", line)[1].split(" (write through")[0]
             for line in done.stderr.splitlines() if line.startswith("Error:") and "catalogfs: the JDBC" in line]
-
-
-def _csv_lines(done: subprocess.CompletedProcess) -> list[str]:
-    """beeline's csv2 output, without the prompt it echoes ("0: jdbc:hive2://…> ") before a header."""
-    return [re.sub(r"^\d+: jdbc:\S*> ", "", line).strip() for line in done.stdout.splitlines()]
 
 
 # --- one server, its clients, and its stop (in this order) --------------------------------------
@@ -261,10 +205,27 @@ def test_status_prints_the_endpoints(server):
     assert shown.returncode == 0 and record.connect_url in shown.stdout
 
 
-def test_a_second_command_stops_at_once_naming_the_server(server):
+def test_commands_use_the_server_and_catalogfs_sql_stays_read_only_over_connect(server):
+    record = server.record()
+    done = _catalogfs("sql", *server.overrides, "--json", "SELECT k, v FROM served.items ORDER BY k")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"k": k, "v": v} for k, v in ROWS]
+    assert f"using the catalogue server of {server.root} (pid {record.pid})" in done.stderr
+    assert record.token not in done.stderr + done.stdout
+    for statement, node in (("DROP TABLE served.items", "DropTable"),
+                            ("WITH x AS (SELECT 9 k, 'nine' v) INSERT INTO served.items SELECT * FROM x", "AppendData"),
+                            ("SET spark.catalogfs.session.readOnly=false", "SetCommand")):
+        refused = _catalogfs("sql", *server.overrides, statement)
+        assert refused.returncode == 2, refused.stderr
+        assert f"would change the catalogue ({node}); nothing was run" in refused.stderr
+    after = _catalogfs("sql", *server.overrides, "--json", "SELECT k, v FROM served.items ORDER BY k")
+    assert json.loads(after.stdout) == [{"k": k, "v": v} for k, v in ROWS]  # unchanged
+
+
+def test_a_second_command_on_its_own_driver_stops_at_once_naming_the_server(server):
     record = server.record()
     started = time.monotonic()
-    done = _catalogfs("sql", *server.overrides, "SELECT 1")
+    done = _catalogfs("sql", *server.overrides, "--set", "server.use=never", "SELECT 1")
     assert done.returncode == 7, done.stderr
     assert time.monotonic() - started < 30
     message = done.stderr.strip()
@@ -383,6 +344,13 @@ def test_detach_on_a_busy_catalogue_exits_7_naming_the_holder(held):
     assert done.returncode == 7, done.stderr
     assert f"pid {holder.pid}" in done.stderr and "in use" in done.stderr
     assert not (root / "logs").exists()  # refused before anything started
+
+
+def test_server_use_always_without_a_server_exits_6(tmp_path):
+    done = _catalogfs("sql", "--set", f"storage.data_root={tmp_path / 'data'}", "--set", "server.use=always",
+                      "SELECT 1", timeout=60)
+    assert done.returncode == 6, done.stderr
+    assert "no catalogfs serve is running" in done.stderr and "catalogfs serve --detach" in done.stderr
 
 
 def test_a_port_in_use_is_a_config_error_before_any_jvm(tmp_path):

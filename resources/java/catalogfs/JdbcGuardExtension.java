@@ -42,12 +42,16 @@ import scala.runtime.BoxedUnit;
  * session's own state ({@code SET}, {@code RESET}, {@code USE}).
  *
  * <p>Spark Connect runs statements on its own threads: its clients (who hold the token) are trusted
- * and unaffected. Thread names and class names are details of Spark 4.2: re-check on upgrades
+ * and unaffected, except a session whose client asked to be read-only
+ * ({@code spark.catalogfs.session.readOnly=true}, set by {@code catalogfs sql}): there every statement
+ * that would change something is refused, as on a read-only JDBC endpoint. Thread names and class names are details of Spark 4.2: re-check on upgrades
  * (tests/test_serve.py tries each refusal over JDBC).
  */
 public final class JdbcGuardExtension extends AbstractFunction1<SparkSessionExtensions, BoxedUnit> {
 
     static final String READ_ONLY_KEY = "spark.catalogfs.jdbc.readOnly";
+    static final String SESSION_READ_ONLY_KEY = "spark.catalogfs.session.readOnly";
+    static final String SESSION_REFUSAL = "catalogfs: this session is read-only; refused ";
     static final String HIVE_SERVER_THREADS = "HiveServer2-";
     static final String[] DESCRIBING = {"Show", "Describe", "Explain"};
     static final Set<String> SESSION_STATE = Set.of(
@@ -60,22 +64,10 @@ public final class JdbcGuardExtension extends AbstractFunction1<SparkSessionExte
         extensions.injectCheckRule(new AbstractFunction1<SparkSession, Function1<LogicalPlan, BoxedUnit>>() {
             @Override
             public Function1<LogicalPlan, BoxedUnit> apply(SparkSession session) {
-                return new Guard(session.sparkContext().getConf().getBoolean(READ_ONLY_KEY, true));
+                return new Guard(session, session.sparkContext().getConf().getBoolean(READ_ONLY_KEY, true));
             }
         });
         return BoxedUnit.UNIT;
-    }
-
-    static boolean describesOrSetsSessionState(String simpleName) {
-        if (SESSION_STATE.contains(simpleName)) {
-            return true;
-        }
-        for (String prefix : DESCRIBING) {
-            if (simpleName.startsWith(prefix)) {
-                return true;
-            }
-        }
-        return false;
     }
 
     /**
@@ -137,21 +129,64 @@ public final class JdbcGuardExtension extends AbstractFunction1<SparkSessionExte
         return null;
     }
 
+    /**
+     * The first node of {@code plan} (children first, not inside a describing command) that is a
+     * {@link Command} changing something, or null. {@code WITH … INSERT} has its command below the
+     * root. With {@code sessionStateAllowed}, {@code SET}, {@code RESET} and {@code USE} pass.
+     */
+    static LogicalPlan writingCommand(LogicalPlan plan, boolean sessionStateAllowed) {
+        String name = plan.getClass().getSimpleName();
+        for (String prefix : DESCRIBING) {
+            if (name.startsWith(prefix)) {
+                return null;
+            }
+        }
+        if (plan instanceof Command && !(sessionStateAllowed && SESSION_STATE.contains(name))) {
+            return plan;
+        }
+        scala.collection.Iterator<LogicalPlan> children = plan.children().iterator();
+        while (children.hasNext()) {
+            LogicalPlan found = writingCommand(children.next(), sessionStateAllowed);
+            if (found != null) {
+                return found;
+            }
+        }
+        return null;
+    }
+
     static final class Guard extends AbstractFunction1<LogicalPlan, BoxedUnit> {
+        private final SparkSession session;
         private final boolean readOnly;
 
-        Guard(boolean readOnly) {
+        Guard(SparkSession session, boolean readOnly) {
+            this.session = session;
             this.readOnly = readOnly;
+        }
+
+        /**
+         * A session whose client set {@code spark.catalogfs.session.readOnly=true} ({@code catalogfs
+         * sql} over Spark Connect does) is refused every statement that would change something, on
+         * any thread: SELECT, WITH, SHOW, DESCRIBE, EXPLAIN and time travel pass.
+         */
+        private boolean sessionReadOnly() {
+            return "true".equalsIgnoreCase(session.conf().get(SESSION_READ_ONLY_KEY, "false").trim());
         }
 
         @Override
         public BoxedUnit apply(LogicalPlan plan) {
+            if (sessionReadOnly()) {
+                LogicalPlan writing = writingCommand(plan, false);
+                if (writing != null) {
+                    throw new UnsupportedOperationException(SESSION_REFUSAL + writing.nodeName());
+                }
+            }
             if (!Thread.currentThread().getName().startsWith(HIVE_SERVER_THREADS)) {
                 return BoxedUnit.UNIT;
             }
-            if (readOnly && plan instanceof Command && !describesOrSetsSessionState(plan.getClass().getSimpleName())) {
+            LogicalPlan writing = readOnly ? writingCommand(plan, true) : null;
+            if (writing != null) {
                 throw new UnsupportedOperationException("catalogfs: the JDBC endpoint is read-only; refused "
-                    + plan.nodeName() + " (write through Spark Connect or a catalogfs job)");
+                    + writing.nodeName() + " (write through Spark Connect or a catalogfs job)");
             }
             final String[] reason = {null};
             plan.foreachWithSubqueries(new AbstractFunction1<LogicalPlan, BoxedUnit>() {
