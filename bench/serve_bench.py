@@ -67,6 +67,14 @@ class Mode:
         return seconds
 
 
+def _wait_until_free(root: Path, timeout: float = 120) -> None:
+    from catalogfs.catalog_lock import metastore_holder
+
+    deadline = time.monotonic() + timeout
+    while metastore_holder(root / "metastore_db") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def _videos(folder: Path, copies: int, start: int = 0) -> list[Path]:
     """The eight sample videos, ``copies`` times under new names (``<id>_c<n>.mp4``)."""
     from jobs.samples import make_sample_videos
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{mode.name}] full run on {8 * args.copies} videos …", file=sys.stderr, flush=True)
             mode.run("extract-frames", "--input", str(inputs), use="never")
             mode.run("embed", use="never")
+        _wait_until_free(served.root)  # the last command's JVM may still be exiting
         start = time.perf_counter()
         subprocess.run([CATALOGFS, "serve", "--detach", *served.overrides], check=True, capture_output=True,
                        timeout=600)

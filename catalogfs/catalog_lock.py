@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import time
 from pathlib import Path
 
 from catalogfs.errors import CatalogBusy
@@ -44,26 +45,36 @@ def metastore_holder(metastore_dir: Path) -> int | None:
     return None if l_type == fcntl.F_UNLCK else pid
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+    return " ".join(raw.split())  # one line, whatever the arguments hold
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def orphaned(pid: int) -> bool:
+    """True when ``pid``'s parent has exited (it was re-parented to init or a subreaper, or is gone):
+    a Spark JVM whose command ended and which is still shutting down."""
+    parent = _parent(pid)
+    return parent is None or parent <= 1
+
+
 def describe_process(pid: int) -> str:
     """``pid N (command …)`` — for a Spark JVM, the command of the Python process that started it."""
-    def cmdline(p: int) -> str:
-        try:
-            raw = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return ""
-        return " ".join(raw.split())  # one line, whatever the arguments hold
-
-    def parent(p: int) -> int | None:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("PPid:"):
-                    return int(line.split()[1])
-        except OSError:
-            return None
-        return None
-
+    cmdline, parent = _cmdline, _parent
     command = cmdline(pid)
-    owner = parent(pid) if "java" in command.split(" ", 1)[0] else None
+    owner = parent(pid) if "java" in command.split(" ", 1)[0] and not orphaned(pid) else None
     if owner and cmdline(owner):
         return f"pid {owner} ({_short(cmdline(owner))}), whose Spark JVM is pid {pid}"
     return f"pid {pid} ({_short(command)})" if command else f"pid {pid}"
@@ -87,10 +98,21 @@ def find_server(storage) -> ServerRecord | None:
     return serving_record(storage.data_root, metastore_holder(storage.metastore_dir))
 
 
-def ensure_catalog_free(data_root: Path, metastore_dir: Path) -> None:
+EXITING_GRACE_SECONDS = 60.0
+
+
+def ensure_catalog_free(data_root: Path, metastore_dir: Path, *, grace: float = EXITING_GRACE_SECONDS) -> None:
     """Raise :class:`CatalogBusy` naming the holder when another process has the catalogue open
-    (and the endpoints, when that process is this data root's ``catalogfs serve``)."""
+    (and the endpoints, when that process is this data root's ``catalogfs serve``).
+
+    A holder whose parent has exited is the JVM of a command that has just ended and is still
+    shutting down (its Python driver is gone; Spark's shutdown takes seconds on a loaded machine):
+    back-to-back commands wait up to ``grace`` seconds for it to let go instead of failing."""
     holder = metastore_holder(metastore_dir)
+    deadline = time.monotonic() + grace
+    while holder is not None and holder != os.getpid() and orphaned(holder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        holder = metastore_holder(metastore_dir)
     if holder is None or holder == os.getpid():
         return
     server = serving_record(data_root, holder)
