@@ -18,7 +18,7 @@ help:
 	@echo "make test-fast - only the tests that need no JVM and are not slow (about a minute)"
 	@echo "make env    - only provide .venv"
 	@echo "make bench  - the performance harness: our Spark stage vs plain loop, predict_batch_udf, naive UDF (~10 min)"
-	@echo "make bench-serve - commands on their own driver vs through catalogfs serve: sql p50, no-op and +10% runs (~15 min)"
+	@echo "make bench-serve - commands on their own driver vs through catalogfs serve: sql p50, no-op and +10% runs (8.5 min here)"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
 	@echo "make clean-data - delete the local data root (tables, registry, samples)"
 
@@ -38,7 +38,7 @@ bench: env
 	$(PYTHON) bench/pipeline_bench.py --out bench/results
 
 bench-serve: env
-	$(PYTHON) bench/serve_bench.py --out bench/results
+	$(PYTHON) bench/serve_bench.py --copies 2 --out bench/results
 
 bench-engine: env
 	$(PYTHON) bench/engine_bench.py --device cpu --quick --json bench/results/engine_cpu_quick.json

@@ -14,7 +14,7 @@ before ``catalogfs serve``); "server" starts ``catalogfs serve --detach`` on the
 (its start time is reported) and runs the same commands with ``server.use=always``. Each
 command is a separate process, timed from fork to exit, as a user or a scheduler runs it.
 
-    python bench/serve_bench.py --out bench/results            # ~10-15 minutes on 2 cores
+    python bench/serve_bench.py --copies 2 --out bench/results   # 8.5 minutes on 2 cores (make bench-serve)
     python bench/serve_bench.py --copies 1 --repeat 3          # quicker
 """
 
