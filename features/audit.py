@@ -60,7 +60,8 @@ def audit_staged(spark: SparkSession, cfg: Config, space: EmbeddingSpace, plan: 
     reference = drift_reference(space, current)
     if reference is not None:
         log.info("checking drift against the current space %s", reference)
-        ref_rows = in_space_id(spark, cfg, reference)
+        # only the run's videos: the drift checks join on frame keys, and the space is the catalogue
+        ref_rows = in_space_id(spark, cfg, reference).where(F.col("video_id").isin(staged.video_ids))
         frame_checks = with_drift_cosine(frame_checks, ref_rows)
         checks["label_drift"] = (label_shift(candidates, ref_rows), drift_suite(params))
     outcome = validate_candidates({

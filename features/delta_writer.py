@@ -51,21 +51,32 @@ def check_schema(table: TableDef, source: DataFrame, *, qualified_name: str | No
                              f"written: {'; '.join(problems)}")
 
 
-def table_constraints(spark: SparkSession, name: str) -> dict[str, str]:
+def table_properties(spark: SparkSession, name: str) -> dict[str, str]:
+    """The table properties of table ``name`` (``SHOW TBLPROPERTIES``)."""
+    return {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()}
+
+
+def table_constraints(spark: SparkSession, name: str, properties: Mapping[str, str] | None = None) -> dict[str, str]:
     """The Delta CHECK constraints of table ``name``: constraint name → expression."""
     prefix = "delta.constraints."
-    return {r["key"][len(prefix):]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()
-            if r["key"].startswith(prefix)}
+    properties = table_properties(spark, name) if properties is None else properties
+    return {k[len(prefix):]: v for k, v in properties.items() if k.startswith(prefix)}
 
 
-def add_missing_constraints(spark: SparkSession, name: str, table: TableDef) -> list[str]:
+# Every table keeps a change data feed: the run plan reads which videos' frames changed since the
+# space's last run from it, and consumers sync copies and indexes from it (``table_changes``).
+CHANGE_FEED = "delta.enableChangeDataFeed"
+
+
+def add_missing_constraints(spark: SparkSession, name: str, table: TableDef,
+                            properties: Mapping[str, str] | None = None) -> list[str]:
     """``ALTER TABLE … ADD CONSTRAINT`` for each of ``table.checks`` that the existing table lacks
     (idempotent: a constraint already there, by name, is left alone). Returns the names added.
 
     Delta checks the existing rows first; a constraint they break is not added and is logged as an
     error (the table needs repair), so the job goes on.
     """
-    present = table_constraints(spark, name) if table.checks else {}
+    present = table_constraints(spark, name, properties) if table.checks else {}
     added = []
     for check, expression in table.checks:
         if check.lower() in present:
@@ -101,7 +112,11 @@ def ensure_catalog(spark: SparkSession, storage: StorageConfig,
         name = storage.qualified(table.name)
         if spark.catalog.tableExists(name):
             add_missing_columns(spark, name, table)
-            add_missing_constraints(spark, name, table)
+            properties = table_properties(spark, name)
+            add_missing_constraints(spark, name, table, properties)
+            if properties.get(CHANGE_FEED, "false").lower() != "true":  # a table from an older version
+                spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ('{CHANGE_FEED}' = 'true')")
+                log.info("enabled the change data feed of %s", name)
             continue
         columns = ", ".join(
             f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
@@ -114,6 +129,7 @@ def ensure_catalog(spark: SparkSession, storage: StorageConfig,
                       "delta.logRetentionDuration": f"interval {log_retention_days} days",
                       "delta.deletedFileRetentionDuration": f"interval {log_retention_days} days",
                       "delta.setTransactionRetentionDuration": f"interval {log_retention_days} days",
+                      CHANGE_FEED: "true",
                       **{f"delta.constraints.{_identifier(c).lower()}": e for c, e in table.checks}}
         props = ", ".join(f"{sql_literal(k)} = {sql_literal(v)}" for k, v in properties.items())
         spark.sql(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING DELTA "

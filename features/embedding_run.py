@@ -3,7 +3,9 @@
 Write-audit-publish, one unit per step, each its own module:
 
 1. **Plan** (:mod:`features.run_plan`): frames whose (key, content hash) has no row in the target
-   embedding space, and videos whose rows need refreshing — one Spark job.
+   embedding space, and videos whose rows need refreshing — one Spark job, over the videos whose
+   frames changed since the space's last complete run (its lineage row records the ``frames``
+   version it planned on) or over every video when that cannot be shown.
 2. **Stage** (:mod:`features.staging`): those frames go through the embed UDF into a staging
    folder; video embeddings, labels and flags are recomputed for the videos they belong to (from
    the candidates plus the unchanged published frames).
@@ -30,10 +32,11 @@ from catalogfs.statuses import RunStatus
 from expectations.runner import ValidationOutcome
 from features import delta_writer
 from features.audit import Audit, audit_staged
-from features.lineage import Attempt, record_lineage, repair_lineage
+from features.lineage import (Attempt, changed_outside_runs, last_checkpoint, recent_commits, record_lineage,
+                              repair_lineage)
 from features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
 from features.publish import PublishSkipped, publish_staged
-from features.run_plan import RunPlan, SpaceTables, plan_run
+from features.run_plan import PlanScope, RunPlan, SpaceTables, plan_run, plan_scope
 from features.spaces import EmbeddingSpace
 from features.staging import Staged, stage_run
 from features.tables import PUBLISHED_TABLES
@@ -64,6 +67,7 @@ class EmbedResult:
     current_space: str | None = None  # what the current_* views select after the run
     recovered_runs: list[str] = field(default_factory=list)  # lineage rows written for crashed runs
     warnings: list[str] = field(default_factory=list)
+    plan_scope: str = ""  # where the plan looked, and why (incremental or full)
 
     def take_stage(self, staged: Staged) -> None:
         stats = staged.stats
@@ -93,7 +97,7 @@ class EmbedResult:
 
 
 def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run_id: str,
-                  serve: bool = True) -> EmbedResult:
+                  serve: bool = True, full_plan: bool = False) -> EmbedResult:
     """Embed what is new in ``frames`` into ``model``'s space, audit it, publish it. See module doc.
 
     Removal policy: published rows mirror ``frames``. Rows of frames that left ``frames`` (a
@@ -106,6 +110,9 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     ``--model`` backfill (``serve=False``) never changes what consumers read. Every run first
     repairs what a killed run left: lineage rows of runs that committed but never recorded it
     (:func:`features.lineage.repair_lineage`) and a promotion that did not happen.
+
+    ``full_plan``: plan over every video even where the change data feed shows what changed (after
+    a table was restored by hand, or to check a space against its frames).
     """
     space = EmbeddingSpace.for_model(model)
     result = EmbedResult(run_id=run_id, space=space)
@@ -115,13 +122,23 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     flags = model_flags(model)
     tables = SpaceTables.read(spark, cfg.storage, space, with_flags=bool(flags))
     result.frames_total = tables.frames.count()
-    plan = plan_run(tables)
-    result.recovered_runs = repair_lineage(spark, cfg, space, run_id=run_id)
+    commits = recent_commits(spark, cfg)
+    checkpoint = last_checkpoint(spark, cfg, space)
+    if full_plan:
+        scope = PlanScope(None, "full plan: asked for (--full-plan)")
+    else:
+        scope = plan_scope(spark, cfg.storage, tables, since=checkpoint.frames_version if checkpoint else None,
+                           unsafe=changed_outside_runs(checkpoint, commits) if checkpoint else None)
+    result.plan_scope = scope.reason
+    log.info("space %s: %s", space.id, scope.reason)
+    plan = plan_run(tables, scope)
+    result.recovered_runs = repair_lineage(spark, cfg, space, run_id=run_id, recent=commits)
     current = current_space_model(spark, cfg)
     if plan.nothing_to_do:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
         result.current_space = settle_current(spark, cfg.storage, space, current, serve=serve, run_id=run_id)
         result.table_versions = _versions(spark, cfg)
+        clock.lap("plan")
         return clock.done()
     clock.lap("plan")
 
@@ -160,6 +177,7 @@ def publish_audited(spark: SparkSession, cfg: Config, space: EmbeddingSpace, pla
     outcome = audit.outcome
     attempt = Attempt(run_id=run_id, status=RunStatus.REJECTED, table_versions={},
                       frames_embedded=staged.stats.frames_embedded, validation_success=outcome.success,
+                      frames_version=plan.frames_version,
                       validation_report=str(audit.report_dir),
                       failed_expectations=None if outcome.success else outcome.failures)
     if not outcome.success:

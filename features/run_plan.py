@@ -1,8 +1,13 @@
 """Plan: what a run of one embedding space has to do, found in one Spark job before any model runs.
 
-The plan is the whole cost of an unchanged rerun: frames that have no row in the space (or only
-a row with a transient status, retried), videos whose frame rows lost their frame (the removal
-policy deletes them) and videos whose video-level rows are missing or older than their frames.
+The plan finds frames that have no row in the space (or only a row with a transient status,
+retried), videos whose frame rows lost their frame (the removal policy deletes them) and videos
+whose video-level rows are missing or older than their frames.
+
+It looks only where something can have changed (:class:`PlanScope`): the videos whose ``frames``
+rows changed since the space's last complete run (the table's change data feed between the two
+Delta versions) and the videos with rows to retry. An unchanged catalogue costs no Spark job at
+all; the first run of a space, or one that cannot prove what changed, plans over every video.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class SpaceTables:
     video_embeddings: DataFrame
     video_labels: DataFrame
     video_flags: DataFrame | None  # None: the model has no flags
+    frames_version: int = -1  # the Delta version of ``frames`` the run reads
 
     @classmethod
     def read(cls, spark: SparkSession, storage: StorageConfig, space: EmbeddingSpace, *,
@@ -39,16 +45,82 @@ class SpaceTables:
         whatever other jobs commit meanwhile. A DataFrame read by name re-reads the newest version
         at each action (over Spark Connect it is analysed again each time): a run planned 4 frames,
         an extract committed 2 more, and the embed stage then computed 6."""
+        versions: dict[str, int] = {}
+
         def pinned(table: str) -> DataFrame:
-            version = delta_writer.table_version(spark, storage, table)
+            versions[table] = version = delta_writer.table_version(spark, storage, table)
             return spark.sql(f"SELECT * FROM {storage.qualified(table)} VERSION AS OF {version}")
 
         def in_space(table: str) -> DataFrame:
             return pinned(table).where(F.col("embedding_space") == space.id)
 
-        return cls(pinned(FRAMES.name), in_space(FRAME_EMBEDDINGS.name),
+        frames = pinned(FRAMES.name)
+        return cls(frames, in_space(FRAME_EMBEDDINGS.name),
                    in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
-                   in_space(VIDEO_FLAGS.name) if with_flags else None)
+                   in_space(VIDEO_FLAGS.name) if with_flags else None, frames_version=versions[FRAMES.name])
+
+    def restricted(self, video_ids: list[str]) -> "SpaceTables":
+        """The same tables, only the rows of ``video_ids`` (an ``IN`` filter, which Delta's data
+        skipping can use to leave out files whose video id range holds none of them)."""
+        def only(df: DataFrame | None) -> DataFrame | None:
+            return None if df is None else df.where(F.col("video_id").isin(video_ids))
+
+        return SpaceTables(only(self.frames), only(self.frame_embeddings), only(self.video_embeddings),
+                           only(self.video_labels), only(self.video_flags), frames_version=self.frames_version)
+
+
+@dataclass(frozen=True)
+class PlanScope:
+    """Where a run looks for work: every video (``video_ids`` None: a full plan) or only
+    ``video_ids``; ``reason`` says why, for the log and the run report."""
+
+    video_ids: list[str] | None
+    reason: str
+
+    @property
+    def full(self) -> bool:
+        return self.video_ids is None
+
+
+def changed_videos(spark: SparkSession, storage: StorageConfig, *, after: int, until: int) -> list[str]:
+    """Videos with a ``frames`` row inserted, updated or deleted in a commit after version
+    ``after`` up to ``until`` (the change data feed; raises when it does not cover the range)."""
+    if until <= after:
+        return []
+    changes = (spark.read.format("delta").option("readChangeFeed", "true")
+               .option("startingVersion", after + 1).option("endingVersion", until)
+               .table(storage.qualified(FRAMES.name)))
+    return sorted(r["video_id"] for r in changes.select("video_id").distinct().collect())
+
+
+def videos_to_retry(tables: SpaceTables) -> list[str]:
+    """Videos with a frame row of the space whose status is transient (retried every run)."""
+    rows = (tables.frame_embeddings.where(F.col("status").isin(sorted(TRANSIENT_STATUSES)))
+            .select("video_id").distinct().collect())
+    return sorted(r["video_id"] for r in rows)
+
+
+def plan_scope(spark: SparkSession, storage: StorageConfig, tables: SpaceTables, *, since: int | None,
+               unsafe: str | None = None) -> PlanScope:
+    """The scope of a run's plan. ``since``: the ``frames`` version the space's last complete run
+    planned on (None: none is known, plan everything); ``unsafe``: why the space's tables may have
+    changed outside of runs since then (a commit not made by a run), which asks for a full plan."""
+    if since is None:
+        return PlanScope(None, "full plan: no complete run of the space recorded the frames version it planned on")
+    if unsafe:
+        return PlanScope(None, f"full plan: {unsafe}")
+    if tables.frames_version < since:
+        return PlanScope(None, f"full plan: frames is at version {tables.frames_version}, older than the "
+                               f"version {since} the last run planned on (the table was recreated)")
+    try:
+        changed = changed_videos(spark, storage, after=since, until=tables.frames_version)
+    except Exception as exc:  # noqa: BLE001 - no change data for the range: plan everything
+        return PlanScope(None, f"full plan: the change data feed of frames does not cover versions "
+                               f"{since + 1}..{tables.frames_version} ({str(exc).splitlines()[0][:200]})")
+    retry = videos_to_retry(tables)
+    videos = sorted(set(changed) | set(retry))
+    return PlanScope(videos, f"incremental plan: frames v{since} → v{tables.frames_version}, "
+                             f"{len(changed)} videos changed, {len(retry)} with frames to retry")
 
 
 @dataclass(frozen=True)
@@ -59,14 +131,12 @@ class RunPlan:
     orphan_videos: list[str]
     stale_videos: list[str]
     published_frames: int = 0  # rows the space already has (0: its first publish)
-    # video → (frame rows, bad-input frame rows) published in the space, for the videos that have rows
+    published_bad_input: int = 0  # of which with a bad-input status (a status of the upload's own)
+    # video → (frame rows, bad-input frame rows) published in the space, for the planned videos that have rows
     per_video: dict[str, tuple[int, int]] = field(default_factory=dict)
     todo: DataFrame | None = field(default=None, compare=False, repr=False)  # the frames to embed
-
-    @property
-    def published_bad_input(self) -> int:
-        """Frame rows of the space with a bad-input status (a status of the upload's own)."""
-        return sum(bad for _, bad in self.per_video.values())
+    scope: PlanScope | None = field(default=None, compare=False)
+    frames_version: int | None = None  # the version of ``frames`` planned on (recorded in the lineage)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -82,24 +152,37 @@ def frames_to_embed(frames: DataFrame, published: DataFrame) -> DataFrame:
     return frames.join(done, cond, "left_anti")
 
 
-def plan_run(tables: SpaceTables) -> RunPlan:
+def plan_run(tables: SpaceTables, scope: PlanScope | None = None) -> RunPlan:
     """How many frames need embedding (:func:`frames_to_embed`) and which videos need their rows
-    refreshed (:func:`videos_needing_refresh`), collected together in one Spark job — the whole
-    cost of an unchanged rerun."""
-    todo = frames_to_embed(tables.frames, tables.frame_embeddings)
-    count = (todo.groupBy().count()
-             .select(F.lit(None).cast("string").alias("video_id"), F.col("count").alias("todo"),
-                     F.lit(0).cast("long").alias("orphans"), F.lit(0).cast("long").alias("published"),
-                     F.lit(0).cast("long").alias("bad_input"), F.lit(False).alias("stale")))
-    found = count.unionByName(videos_needing_refresh(tables).withColumn("todo", F.lit(0).cast("long"))).collect()
+    refreshed (:func:`videos_needing_refresh`), within ``scope`` (default: every video), collected
+    together with the space's row totals in one Spark job. Rows come back per planned video with
+    published rows — in proportion to the change, never to the catalogue for an incremental scope.
+    An incremental scope with no video runs no Spark job."""
+    scope = scope or PlanScope(None, "full plan")
+    if scope.video_ids is not None and not scope.video_ids:
+        return RunPlan(0, [], [], todo=None, scope=scope, frames_version=tables.frames_version)
+    planned = tables if scope.full else tables.restricted(scope.video_ids)
+    todo = frames_to_embed(planned.frames, planned.frame_embeddings)
+    null_video = F.lit(None).cast("string").alias("video_id")
+    zero = F.lit(0).cast("long")
+    count = todo.groupBy().count().select(null_video, F.col("count").alias("todo"), zero.alias("orphans"),
+                                          zero.alias("published"), zero.alias("bad_input"), F.lit(False).alias("stale"))
+    totals = tables.frame_embeddings.agg(  # the whole space: what validation's bad-input share starts from
+        F.count(F.lit(1)).alias("published"),
+        F.count(F.when(F.col("status").isin(sorted(INPUT_STATUSES)), 1)).alias("bad_input"))
+    totals = totals.select(null_video, zero.alias("todo"), zero.alias("orphans"), "published", "bad_input",
+                           F.lit(True).alias("stale"))  # stale=True marks the totals row
+    found = (count.unionByName(totals)
+             .unionByName(videos_needing_refresh(planned).withColumn("todo", zero)).collect())
     videos = [r for r in found if r["video_id"] is not None]
+    total = next(r for r in found if r["video_id"] is None and r["stale"])
     return RunPlan(frames_to_embed=sum(int(r["todo"]) for r in found),
                    orphan_videos=sorted(r["video_id"] for r in videos if r["orphans"]),
                    stale_videos=sorted(r["video_id"] for r in videos if r["stale"]),
-                   published_frames=sum(int(r["published"]) for r in videos),
+                   published_frames=int(total["published"]), published_bad_input=int(total["bad_input"]),
                    per_video={r["video_id"]: (int(r["published"]), int(r["bad_input"]))
                               for r in videos if r["published"]},
-                   todo=todo)
+                   todo=todo, scope=scope, frames_version=tables.frames_version)
 
 
 def videos_needing_refresh(tables: SpaceTables) -> DataFrame:

@@ -175,6 +175,8 @@ FEATURE_VERSIONS = TableDef(
         _f("note", StringType(), True, "For promotions: why (promoted, rollback from <space>)."),
         _f("started_at", TimestampType(), False),
         _f("finished_at", TimestampType(), False),
+        _f("frames_version", LongType(), True, "Delta version of frames the run planned on: the next run of "
+                                               "the space plans only what changed after it (null: unknown)."),
     ]),
 )
 

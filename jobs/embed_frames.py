@@ -29,10 +29,11 @@ from catalogfs.statuses import Status
 log = logging.getLogger(__name__)
 
 
-def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
+def run(spark, cfg: Config, *, model: str | None = None, full_plan: bool = False) -> EmbedResult:
     """Embed new frames with the serving model ``model.name@model.alias`` (the scheduled run: its
     space becomes current once published, see :func:`features.embedding_run.settle_current`), or
-    with ``model`` (``NAME@ALIAS`` or ``NAME/VERSION``: a backfill in shadow, never made current)."""
+    with ``model`` (``NAME@ALIAS`` or ``NAME/VERSION``: a backfill in shadow, never made current).
+    ``full_plan``: look at every video, not only those whose frames changed since the last run."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -57,7 +58,8 @@ def run(spark, cfg: Config, *, model: str | None = None) -> EmbedResult:
         mlflow.set_tags({"model.name": resolved.name, "model.version": resolved.version,
                          "embedding_space": f"{resolved.name}@{resolved.version}"})
         try:
-            result = run_embedding(spark, cfg, resolved, run_id=run_info.info.run_id, serve=not model)
+            result = run_embedding(spark, cfg, resolved, run_id=run_info.info.run_id, serve=not model,
+                                   full_plan=full_plan)
         except ValidationFailed as exc:
             mlflow.set_tag("validation", "failed")
             mlflow.log_artifacts(exc.report_dir, artifact_path="validation")
@@ -110,6 +112,9 @@ def _arguments(parser) -> None:
     parser.add_argument("--model", default=None, metavar="NAME@ALIAS|NAME/VERSION",
                         help="registered model to use instead of the serving model.name@model.alias: a "
                              "backfill beside the current space (shadow), e.g. clip_b32@challenger or clip_b32/2")
+    parser.add_argument("--full-plan", action="store_true",
+                        help="plan over every video instead of only those whose frames changed since the "
+                             "space's last run (after restoring a table by hand; slower on a large catalogue)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,3 +43,21 @@ def test_pipeline_bench_rows_in_their_own_processes(tmp_path, capsys):
         assert row["frames"] == 8 and row["fps"] > 0 and row["model_loads"] == 1 and row["peak_rss_mb"] > 100
     table = (out / "pipeline_quick.md").read_text()
     assert "| model_only |" in table and "| plain_loop |" in table
+
+
+def test_pipeline_bench_ratios_against_peers_of_the_same_runtime():
+    """The peer ratios: the best peer over all predict_batch_udf variants and plain loops, the best
+    tuned predict_batch_udf of our stage's runtime, and the model-only target only on that runtime."""
+    bench = runpy.run_path(str(PROJECT_ROOT / "bench" / "pipeline_bench.py"))
+    rows = {"catalogfs": {"fps": 60.0, "runtime": "onnxruntime"},
+            "model_only": {"fps": 100.0, "runtime": "onnxruntime"},
+            "plain_loop": {"fps": 40.0, "runtime": "torch"}, "predict_batch_udf": {"fps": 30.0, "runtime": "torch"},
+            "predict_batch_udf_tuned": {"fps": 55.0, "runtime": "torch"},
+            "predict_batch_udf_onnx": {"fps": 48.0, "runtime": "onnxruntime"}}
+    ratios, peers, met = bench["compute_ratios"](rows)
+    assert peers == {"best_peer": "predict_batch_udf_tuned", "tuned_peer_same_runtime": "predict_batch_udf_onnx"}
+    assert ratios["spark_vs_predict_batch_udf"] == 2.0 and ratios["spark_vs_best_peer"] == 60 / 55
+    assert ratios["spark_vs_tuned_peer_same_runtime"] == 1.25
+    assert met == {"spark_vs_plain": True, "spark_vs_tuned_peer_same_runtime": True, "spark_vs_model_only": False}
+    rows["model_only"]["runtime"] = "torch"  # model-only on another runtime than ours: no verdict
+    assert bench["compute_ratios"](rows)[2]["spark_vs_model_only"] is None

@@ -161,7 +161,7 @@ def test_pipeline_failures_still_fail_the_gate(spark, ops, monkeypatch):
     monkeypatch.setattr(staging, "compute_frame_candidates", failing)
     before = spark.table(cfg.storage.qualified("frame_embeddings")).where("status = 'ok'").count()
     with pytest.raises(ValidationFailed, match="pipeline_failure"):
-        embed_frames.run(spark, cfg)
+        embed_frames.run(spark, cfg, full_plan=True)
     assert spark.table(cfg.storage.qualified("frame_embeddings")).where("status = 'ok'").count() == before
 
 

@@ -195,7 +195,7 @@ def test_bad_candidate_batch_is_refused_end_to_end(spark, cfg, tmp_path_factory,
     monkeypatch.setattr(staging, "compute_frame_candidates", lambda *a, **k: tamper(real(*a, **k)))
 
     code = embed_frames.main(["--set", f"storage.data_root={cfg.storage.data_root}",
-                              "--set", "storage.database=inject_features"])
+                              "--set", "storage.database=inject_features", "--full-plan"])
     err = capsys.readouterr().err
     assert code == 3 and expectation in err and "nothing published" in err
     report = err.split("report: ")[1].split(";")[0].split("\n")[0].strip()
