@@ -10,7 +10,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
-.PHONY: env demo test test-fast bench bench-engine bench-serve clean-data help
+.PHONY: env demo test test-fast bench bench-engine bench-serve bench-scale clean-data help
 
 help:
 	@echo "make demo   - run the whole pipeline on the sample videos and print a summary"
@@ -19,6 +19,7 @@ help:
 	@echo "make env    - only provide .venv"
 	@echo "make bench  - the performance harness: our Spark stage vs plain loop, predict_batch_udf, naive UDF (~10 min)"
 	@echo "make bench-serve - commands on their own driver vs through catalogfs serve: sql p50, no-op and +10% runs (8.5 min here)"
+	@echo "make bench-scale - full, no-op and +10% embed runs at 1 000 and 10 000 videos, peak driver/worker memory"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
 	@echo "make clean-data - delete the local data root (tables, registry, samples)"
 
@@ -39,6 +40,9 @@ bench: env
 
 bench-serve: env
 	$(PYTHON) bench/serve_bench.py --copies 2 --out bench/results
+
+bench-scale: env
+	$(PYTHON) bench/scale_bench.py --out bench/results
 
 bench-engine: env
 	$(PYTHON) bench/engine_bench.py --device cpu --quick --json bench/results/engine_cpu_quick.json

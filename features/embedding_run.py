@@ -137,7 +137,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     if plan.nothing_to_do:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
         result.current_space = settle_current(spark, cfg.storage, space, current, serve=serve, run_id=run_id)
-        result.table_versions = _versions(spark, cfg)
+        result.table_versions = _versions(tables)
         clock.lap("plan")
         return clock.done()
     clock.lap("plan")
@@ -152,10 +152,11 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     result.take_audit(audit)
     clock.lap("validate")
 
-    attempt = publish_audited(spark, cfg, space, plan, staged, audit, run_id=run_id, started=started)
+    attempt = publish_audited(spark, cfg, space, plan, staged, audit, run_id=run_id, started=started,
+                              since=_versions(tables))
     result.published = attempt.status == RunStatus.PUBLISHED
     result.written_versions = dict(attempt.table_versions)
-    result.table_versions = _versions(spark, cfg)
+    result.table_versions = {**_versions(tables), **result.written_versions}
     clock.lap("publish")
 
     failpoints.reached("before_lineage")
@@ -170,10 +171,11 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
 
 
 def publish_audited(spark: SparkSession, cfg: Config, space: EmbeddingSpace, plan: RunPlan, staged: Staged,
-                    audit: Audit, *, run_id: str, started: datetime) -> Attempt:
+                    audit: Audit, *, run_id: str, started: datetime, since: dict[str, int] | None = None) -> Attempt:
     """Publish ``staged`` if its audit passed; returns what the lineage row records: ``rejected``
     (nothing written) or ``published`` with this run's commits. A publish that Delta skipped is
-    recorded as ``skipped`` here and raised (:class:`PublishSkipped`)."""
+    recorded as ``skipped`` here and raised (:class:`PublishSkipped`). ``since``: table → a version
+    older than this run's commits (the plan's), where the search for them in the history starts."""
     outcome = audit.outcome
     attempt = Attempt(run_id=run_id, status=RunStatus.REJECTED, table_versions={},
                       frames_embedded=staged.stats.frames_embedded, validation_success=outcome.success,
@@ -184,7 +186,7 @@ def publish_audited(spark: SparkSession, cfg: Config, space: EmbeddingSpace, pla
         return attempt
     try:
         written = publish_staged(spark, cfg, space, staged, run_id=run_id, started=started,
-                                 first_publish=plan.published_frames == 0)
+                                 first_publish=plan.published_frames == 0, since=since)
     except PublishSkipped as exc:
         skipped = replace(attempt, status=RunStatus.SKIPPED, table_versions=exc.written, note=str(exc)[:1000])
         record_lineage(spark, cfg, space, skipped, started=started)
@@ -241,5 +243,6 @@ class _StageClock:
         return self.result
 
 
-def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
-    return {t.name: delta_writer.table_version(spark, cfg.storage, t.name) for t in PUBLISHED_TABLES}
+def _versions(tables: SpaceTables) -> dict[str, int]:
+    """The published tables' versions the run read (pinned at plan time)."""
+    return {t.name: tables.versions[t.name] for t in PUBLISHED_TABLES}

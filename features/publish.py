@@ -59,7 +59,7 @@ def publish_with_retries(spark: SparkSession, cfg: Config, space: EmbeddingSpace
     attempts, wait = cfg.publish.max_attempts, cfg.publish.retry_backoff_seconds
     failpoints.reached("before_publish")
     written: dict[str, int] = {}
-    since: dict[str, int] = {}
+    since: dict[str, int] = dict(kwargs.pop("since", None) or {})
     for attempt in range(1, attempts + 1):
         try:
             publish_candidates(spark, cfg, space, *args, run_id=run_id, written=written, since=since, **kwargs)
@@ -141,10 +141,12 @@ def own_commit(spark: SparkSession, cfg: Config, table: str, run_id: str, *, sin
 
 
 def publish_staged(spark: SparkSession, cfg: Config, space: EmbeddingSpace, staged: Staged, *, run_id: str,
-                   started: datetime, first_publish: bool) -> dict[str, int]:
+                   started: datetime, first_publish: bool, since: dict[str, int] | None = None) -> dict[str, int]:
     """Publish a run's staged rows (:func:`publish_with_retries`); returns table → the version this
     run committed. ``first_publish``: the space has no rows yet (it is registered in each table's
-    properties)."""
+    properties). ``since``: table → a version before this run's commits (default: read before each
+    table's first MERGE)."""
     return publish_with_retries(spark, cfg, space, staged.state, staged.video_emb, staged.video_lab,
                                 staged.video_ids, run_id=run_id, txn_version=int(started.timestamp() * 1000),
-                                video_flags=staged.video_flags, register=first_publish)
+                                video_flags=staged.video_flags, register=first_publish,
+                                since=dict(since or {}))

@@ -36,6 +36,8 @@ class SpaceTables:
     video_labels: DataFrame
     video_flags: DataFrame | None  # None: the model has no flags
     frames_version: int = -1  # the Delta version of ``frames`` the run reads
+    # table → the version pinned at plan time: ``frames`` and every published table
+    versions: dict[str, int] = field(default_factory=dict, compare=False)
 
     @classmethod
     def read(cls, spark: SparkSession, storage: StorageConfig, space: EmbeddingSpace, *,
@@ -55,9 +57,13 @@ class SpaceTables:
             return pinned(table).where(F.col("embedding_space") == space.id)
 
         frames = pinned(FRAMES.name)
-        return cls(frames, in_space(FRAME_EMBEDDINGS.name),
-                   in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
-                   in_space(VIDEO_FLAGS.name) if with_flags else None, frames_version=versions[FRAMES.name])
+        tables = cls(frames, in_space(FRAME_EMBEDDINGS.name),
+                     in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
+                     in_space(VIDEO_FLAGS.name) if with_flags else None, frames_version=versions[FRAMES.name],
+                     versions=versions)
+        if not with_flags:  # not read, but its version is part of what the run reports
+            versions[VIDEO_FLAGS.name] = delta_writer.table_version(spark, storage, VIDEO_FLAGS.name)
+        return tables
 
     def restricted(self, video_ids: list[str]) -> "SpaceTables":
         """The same tables, only the rows of ``video_ids`` (an ``IN`` filter, which Delta's data
@@ -66,7 +72,8 @@ class SpaceTables:
             return None if df is None else df.where(F.col("video_id").isin(video_ids))
 
         return SpaceTables(only(self.frames), only(self.frame_embeddings), only(self.video_embeddings),
-                           only(self.video_labels), only(self.video_flags), frames_version=self.frames_version)
+                           only(self.video_labels), only(self.video_flags), frames_version=self.frames_version,
+                           versions=self.versions)
 
 
 @dataclass(frozen=True)

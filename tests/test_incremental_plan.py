@@ -17,7 +17,7 @@ from jobs import embed_frames, extract_frames
 from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from tests.helpers import with_database
 
-DATABASE = "incremental_features"
+DATABASE = "incremental_plan_features"
 
 
 def _photos(*ids: str):

@@ -122,7 +122,7 @@ def report(spark, catalogue):
         annotations.append(args[0])
         return original_annotate(self, *args, **kwargs)
 
-    result = EmbedResult(run_id="report-test", space=SPACE, current_space=SPACE.id)
+    result = EmbedResult(run_id="report-test", space=SPACE, current_space=SPACE.id, published=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(frame_class, "collect", counting_collect)
         mp.setattr(frame_class, "toPandas", lambda self: pytest.fail("toPandas in the report"))
@@ -244,7 +244,21 @@ def test_many_points_are_drawn_without_names(tmp_path, monkeypatch):
 def test_space_without_videos_writes_a_report_without_images(spark, catalogue):
     cfg, _ = catalogue
     empty = EmbeddingSpace("nothing_here", "1", "000", 8)
-    path = run_report.write_run_report(spark, cfg, EmbedResult(run_id="report-test-empty", space=empty))
+    path = run_report.write_run_report(spark, cfg, EmbedResult(run_id="report-test-empty", space=empty, published=True))
     page = path.read_text()
     assert "No videos in this space yet." in page and "<img" not in page
+    assert not (path.parent / "projection.png").exists()
+
+
+def test_a_run_with_nothing_to_do_writes_a_short_page_without_a_spark_job(spark, catalogue, monkeypatch):
+    """An unchanged catalogue's run draws nothing: the space is what its last publishing run's
+    report shows, and the report must not cost a Spark job on every scheduled no-op run."""
+    cfg, _ = catalogue
+    monkeypatch.setattr(type(spark.range(1)), "collect", lambda self: pytest.fail("a Spark job in a no-op run's report"))
+    monkeypatch.setattr(run_report, "collect_report_data", lambda *a, **k: pytest.fail("report data collected"))
+    result = EmbedResult(run_id="report-test-noop", space=SPACE, current_space=SPACE.id,
+                         plan_scope="incremental plan: frames v3 → v3, 0 videos changed, 0 with frames to retry")
+    path = run_report.write_run_report(spark, cfg, result)
+    page = path.read_text()
+    assert "Nothing new to embed or refresh" in page and "0 videos changed" in page and "<img" not in page
     assert not (path.parent / "projection.png").exists()
