@@ -84,6 +84,7 @@ SLOW_MODULES = frozenset({
 })
 SLOW_TESTS = frozenset({  # <module>::<test function>
     "test_bench.py::test_pipeline_bench_rows_in_their_own_processes",  # 28 s
+    "test_bench.py::test_scale_bench_reruns_cost_what_changed",  # two Spark processes, seven small runs
 })
 
 

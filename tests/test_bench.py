@@ -2,6 +2,8 @@ import json
 import runpy
 import sys
 
+import pytest
+
 from catalogfs.config import PROJECT_ROOT
 
 
@@ -61,3 +63,28 @@ def test_pipeline_bench_ratios_against_peers_of_the_same_runtime():
     assert met == {"spark_vs_plain": True, "spark_vs_tuned_peer_same_runtime": True, "spark_vs_model_only": False}
     rows["model_only"]["runtime"] = "torch"  # model-only on another runtime than ours: no verdict
     assert bench["compute_ratios"](rows)[2]["spark_vs_model_only"] is None
+
+
+@pytest.mark.spark  # the harness's children start Spark (one JVM per phase), not this process
+def test_scale_bench_reruns_cost_what_changed(tmp_path, capsys):
+    """The scale harness on 10 videos of 2 frames: the full run embeds the first 9 videos, the
+    rerun embeds nothing and plans incrementally, the +10% run embeds exactly the new video's
+    frames; figures, peak memory and the table are reported."""
+    out = tmp_path / "results"
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        import scale_bench
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
+    assert scale_bench.main(["--videos", "10", "--frames-per-video", "2", "--batch", "4", "--out", str(out)]) == 0
+    (path,) = out.glob("scale-*.json")
+    (size,) = json.loads(path.read_text())["sizes"]
+    runs = size["runs"]
+    assert (runs["full"]["frames_embedded"], runs["noop"]["frames_embedded"],
+            runs["ten_percent"]["frames_embedded"]) == (18, 0, 2)
+    assert runs["full"]["published"] and not runs["noop"]["published"] and runs["ten_percent"]["published"]
+    assert runs["noop"]["forward_passes"] == 0
+    assert runs["noop"]["plan_scope"].startswith("incremental plan") and "0 videos changed" in runs["noop"]["plan_scope"]
+    assert "1 videos changed" in runs["ten_percent"]["plan_scope"]
+    assert size["peak_rss_mb"]["driver_jvm"] > 100 and size["full_run_peak_rss_mb"]["driver_python"] > 100
+    assert "| 10 (20) |" in capsys.readouterr().out
