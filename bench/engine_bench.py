@@ -33,19 +33,21 @@ from udfs.preprocess import PreprocessSpec  # noqa: E402
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png", "camera.png")
 
 
-def sample_jpegs(n: int) -> list[bytes]:
-    """``n`` 640x360 JPEGs cut from real photos (different crops, so no two are identical)."""
+def sample_jpegs(n: int, *, size: tuple[int, int] = (640, 360), quality: int = 90) -> list[bytes]:
+    """``n`` JPEGs of ``size`` cut from real photos (different crops, so no two are identical): each
+    photo is scaled to 1.5x ``size`` and cropped at a moving offset."""
     import skimage
     from PIL import Image
 
     base = Path(skimage.__file__).parent / "data"
-    photos = [Image.open(base / name).convert("RGB").resize((960, 540)) for name in PHOTOS]
+    w, h = size
+    photos = [Image.open(base / name).convert("RGB").resize((w * 3 // 2, h * 3 // 2)) for name in PHOTOS]
     out = []
     for i in range(n):
         img = photos[i % len(photos)]
-        dx, dy = (i * 37) % 320, (i * 23) % 180
+        dx, dy = (i * 37) % (w // 2), (i * 23) % (h // 2)
         buf = io.BytesIO()
-        img.crop((dx, dy, dx + 640, dy + 360)).save(buf, format="JPEG", quality=90)
+        img.crop((dx, dy, dx + w, dy + h)).save(buf, format="JPEG", quality=quality)
         out.append(buf.getvalue())
     return out
 

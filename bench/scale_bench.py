@@ -29,7 +29,6 @@ RSS at the largest size ≤ 1.2x that at the smallest.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -51,21 +50,9 @@ SIZE = (320, 180)
 
 def jpeg_pool(n: int = POOL) -> list[bytes]:
     """``n`` distinct 320x180 JPEGs cut from real photos (scikit-image's sample photos)."""
-    import skimage
-    from PIL import Image
+    from engine_bench import sample_jpegs
 
-    from engine_bench import PHOTOS
-
-    base = Path(skimage.__file__).parent / "data"
-    photos = [Image.open(base / name).convert("RGB").resize((640, 360)) for name in PHOTOS]
-    out = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        dx, dy = (i * 37) % 320, (i * 23) % 180
-        buf = io.BytesIO()
-        img.crop((dx, dy, dx + 320, dy + 180)).save(buf, format="JPEG", quality=85)
-        out.append(buf.getvalue())
-    return out
+    return sample_jpegs(n, size=SIZE, quality=85)
 
 
 def write_frames_parquet(path: Path, videos: int, per_video: int) -> None:
@@ -143,11 +130,16 @@ def _peaks() -> dict:
 
 
 def _timed_run(spark, cfg, label: str, videos: int) -> dict:
+    import shutil
+
     from jobs import embed_frames
 
     start = time.perf_counter()
     result = embed_frames.run(spark, cfg)
     seconds = time.perf_counter() - start
+    keep = os.environ.get("SCALE_BENCH_REPORTS")  # --reports: keep each run's HTML report to look at
+    if keep and result.report_html:
+        shutil.copytree(Path(result.report_html).parent, Path(keep) / f"{videos}-{label}", dirs_exist_ok=True)
     print(f"[{videos} videos] {label}: {seconds:.1f} s, {result.frames_embedded} frames embedded, "
           f"stages {result.stage_summary}; {result.plan_scope}", flush=True)
     return {"seconds": seconds, "run_embedding_seconds": result.seconds, "frames_total": result.frames_total,
@@ -274,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--reports", type=Path, default=None,
+                        help="copy each run's HTML report (with its pictures) under this folder")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--phase", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -284,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.workdir / f"{args.phase}.json").write_text(json.dumps(figures))
         return 0
 
+    if args.reports:
+        os.environ["SCALE_BENCH_REPORTS"] = str(args.reports.resolve())
     started = datetime.now(timezone.utc)
     report = {"started": started.isoformat(timespec="seconds"), "cores": args.cores, "batch": args.batch,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",

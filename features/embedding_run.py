@@ -109,30 +109,14 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     the current space is another version of the same model (the alias was moved by a promote). A
     ``--model`` backfill (``serve=False``) never changes what consumers read. Every run first
     repairs what a killed run left: lineage rows of runs that committed but never recorded it
-    (:func:`features.lineage.repair_lineage`) and a promotion that did not happen.
-
-    ``full_plan``: plan over every video even where the change data feed shows what changed (after
-    a table was restored by hand, or to check a space against its frames).
+    (:func:`features.lineage.repair_lineage`) and a promotion that did not happen. ``full_plan``:
+    plan every video, not only what changed (:func:`choose_scope`).
     """
     space = EmbeddingSpace.for_model(model)
     result = EmbedResult(run_id=run_id, space=space)
     started, clock = datetime.now(timezone.utc), _StageClock(result)
-    delta_writer.ensure_catalog(spark, cfg.storage, log_retention_days=cfg.retention.log_retention_days)
-    refresh_current_views(spark, cfg.storage)  # a data root from an older version: new tables and columns
     flags = model_flags(model)
-    tables = SpaceTables.read(spark, cfg.storage, space, with_flags=bool(flags))
-    result.frames_total = tables.frames.count()
-    commits = recent_commits(spark, cfg)
-    checkpoint = last_checkpoint(spark, cfg, space)
-    if full_plan:
-        scope = PlanScope(None, "full plan: asked for (--full-plan)")
-    else:
-        scope = plan_scope(spark, cfg.storage, tables, since=checkpoint.frames_version if checkpoint else None,
-                           unsafe=changed_outside_runs(checkpoint, commits) if checkpoint else None)
-    result.plan_scope = scope.reason
-    log.info("space %s: %s", space.id, scope.reason)
-    plan = plan_run(tables, scope)
-    result.recovered_runs = repair_lineage(spark, cfg, space, run_id=run_id, recent=commits)
+    tables, plan = prepare_run(spark, cfg, space, result, with_flags=bool(flags), full_plan=full_plan)
     current = current_space_model(spark, cfg)
     if plan.nothing_to_do:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
@@ -168,6 +152,36 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     if not audit.outcome.success:
         raise ValidationFailed(audit.outcome, str(audit.report_dir))
     return clock.done()
+
+
+def prepare_run(spark: SparkSession, cfg: Config, space: EmbeddingSpace, result: EmbedResult, *,
+                with_flags: bool, full_plan: bool = False) -> tuple[SpaceTables, RunPlan]:
+    """The catalogue checked, the tables pinned, the plan made (its scope and the frames total
+    recorded in ``result``) and what killed runs left repaired: everything before the model runs."""
+    delta_writer.ensure_catalog(spark, cfg.storage, log_retention_days=cfg.retention.log_retention_days)
+    refresh_current_views(spark, cfg.storage)  # a data root from an older version: new tables and columns
+    tables = SpaceTables.read(spark, cfg.storage, space, with_flags=with_flags)
+    result.frames_total = tables.frames.count()
+    commits = recent_commits(spark, cfg)
+    plan = plan_run(tables, choose_scope(spark, cfg, space, tables, commits, full_plan=full_plan))
+    result.plan_scope = plan.scope.reason
+    result.recovered_runs = repair_lineage(spark, cfg, space, run_id=result.run_id, recent=commits)
+    return tables, plan
+
+
+def choose_scope(spark: SparkSession, cfg: Config, space: EmbeddingSpace, tables: SpaceTables,
+                 commits: dict[str, list[dict]], *, full_plan: bool = False) -> PlanScope:
+    """Where the run's plan looks: the videos changed since the space's last complete run
+    (:func:`features.run_plan.plan_scope`), or every video when asked (``full_plan``) or when that
+    cannot be shown. ``commits``: the published tables' recent commits (:func:`recent_commits`)."""
+    if full_plan:
+        scope = PlanScope(None, "full plan: asked for (--full-plan)")
+    else:
+        checkpoint = last_checkpoint(spark, cfg, space)
+        scope = plan_scope(spark, cfg.storage, tables, since=checkpoint.frames_version if checkpoint else None,
+                           unsafe=changed_outside_runs(checkpoint, commits) if checkpoint else None)
+    log.info("space %s: %s", space.id, scope.reason)
+    return scope
 
 
 def publish_audited(spark: SparkSession, cfg: Config, space: EmbeddingSpace, plan: RunPlan, staged: Staged,
