@@ -19,7 +19,7 @@ help:
 	@echo "make env    - only provide .venv"
 	@echo "make bench  - the performance harness: our Spark stage vs plain loop, predict_batch_udf, naive UDF (~10 min)"
 	@echo "make bench-serve - commands on their own driver vs through catalogfs serve: sql p50, no-op and +10% runs (8.5 min here)"
-	@echo "make bench-scale - full, no-op and +10% embed runs at 1 000 and 10 000 videos, peak driver/worker memory"
+	@echo "make bench-scale - full, no-op and +10% embed runs at 1 000 and 10 000 videos, peak driver/worker memory (13 min here)"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
 	@echo "make clean-data - delete the local data root (tables, registry, samples)"
 
