@@ -71,6 +71,12 @@ class StorageConfig(_Section):
     def model_cache_dir(self) -> Path:
         return self.data_root / "cache" / "models"
 
+    @property
+    def indexes_dir(self) -> Path:
+        """Where ANN index versions live: ``<indexes>/<space>/<level>/<index id>/`` (a shared file
+        system on a cluster: executors write shards there)."""
+        return self.data_root / "indexes"
+
     def table_path(self, table: str) -> Path:
         """Location of a published table: ``<warehouse>/<database>.db/<table>``."""
         return self.warehouse_dir / f"{self.database}.db" / table
@@ -225,6 +231,31 @@ class PublishConfig(_Section):
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+class IndexConfig(_Section):
+    """Approximate nearest-neighbour indexes per space (``catalogfs index build``)."""
+
+    kind: Literal["auto", "ivf_flat", "flat"] = Field("auto", description=(
+        "faiss index: ivf_flat (inverted lists of full vectors), flat (exact), auto (flat below "
+        "flat_below vectors, else ivf_flat)."))
+    flat_below: int = Field(20_000, ge=0, description="auto: spaces smaller than this get an exact flat index.")
+    nlist: int = Field(0, ge=0, description="Inverted lists of an IVF index; 0: about 4 * sqrt(vectors).")
+    min_recall: float = Field(0.95, gt=0, le=1, description=(
+        "An index becomes current only if its mean recall@k against exact search on the held-back "
+        "queries reaches this (a Great Expectations expectation)."))
+    recall_margin: float = Field(0.01, ge=0, le=0.5, description=(
+        "nprobe is chosen on half of the queries to reach min_recall plus this; the other half is the "
+        "gate (a margin against the sampling error of the chosen half)."))
+    max_nprobe: int = Field(0, ge=0, description=(
+        "Most inverted lists a query may search (its latency budget); 0: up to all of them."))
+    k: int = Field(10, ge=1, le=1000, description="k of the recall check.")
+    queries: int = Field(1000, ge=1, le=100_000, description="Queries sampled (by hash, the same each build) for the recall check.")
+    shard_rows: int = Field(250_000, ge=1, description="Vectors per shard of the Spark build (one task each).")
+    train_rows: int = Field(100_000, ge=1, description="Most vectors sampled to train the IVF coarse quantizer.")
+    rebuild_drift: float = Field(0.25, ge=0, description=(
+        "An incremental build adds changed vectors to the current index until the vectors added since "
+        "its quantizer was trained exceed this share of those it was trained on; then it rebuilds."))
+
+
 class ServerConfig(_Section):
     """``catalogfs serve``: one driver that owns the data root's catalogue and serves it over Spark
     Connect (jobs, trusted clients) and HiveServer2 JDBC (SQL tools) on this machine."""
@@ -278,6 +309,7 @@ class Config(_Section):
     retention: RetentionConfig
     publish: PublishConfig = PublishConfig()
     server: ServerConfig = ServerConfig()
+    index: IndexConfig = IndexConfig()
     sources: tuple[str, ...] = Field(default=(), description="Files the config was read from.")
 
     @property

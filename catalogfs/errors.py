@@ -45,6 +45,11 @@ class FlagsError(ConfigError):
     """A flags spec or taxonomy file is malformed, or names labels the model does not have."""
 
 
+class RelabelError(ConfigError):
+    """A space cannot be re-labelled from its stored vectors (its model is not CLIP-like: its labels
+    come from a classifier head, not from text embeddings); the message names the space and model."""
+
+
 # --- 3: validation ---------------------------------------------------------------------------
 
 class ValidationFailed(CatalogfsError, RuntimeError):
@@ -64,6 +69,13 @@ class ValidationFailed(CatalogfsError, RuntimeError):
         lines = "\n  - ".join(failures)
         docs = f"; Data Docs: {data_docs}" if data_docs else ""
         super().__init__(f"validation failed, nothing published; report: {report_dir}{docs}\n  - {lines}")
+
+
+class IndexRejected(CatalogfsError, RuntimeError):
+    """An ANN index version missed its recall check; it did not become current. The message says
+    the recall, the minimum and where the report is."""
+
+    exit_code = EXIT_VALIDATION
 
 
 class SchemaMismatch(CatalogfsError, ValueError):
@@ -94,6 +106,14 @@ class PromotionError(InputError, ValueError):
 
 class SimilarityError(InputError, LookupError):
     """Unknown video or space, or nothing to search."""
+
+
+class ChangeFeedError(InputError, LookupError):
+    """Unknown table, a version range the table does not have, or change data missing for it."""
+
+
+class VectorIndexError(InputError, LookupError):
+    """No index for the space, an index whose files are missing or damaged, or a bad index setting."""
 
 
 class ReadOnlyRefused(CatalogfsError, PermissionError):

@@ -121,3 +121,14 @@ def drift_suite(p: SuiteParams) -> gx.ExpectationSuite:
     return gx.ExpectationSuite(name="label_drift", expectations=[
         gxe.ExpectColumnValuesToBeBetween(column="label_shift", min_value=0.0, max_value=p.max_label_shift),
     ])
+
+
+def vector_index_suite(min_recall: float) -> gx.ExpectationSuite:
+    """For the per-query recall@k of an ANN index against exact search (one row per held-back
+    query): the mean must reach ``min_recall`` before the index becomes current."""
+    return gx.ExpectationSuite(name="vector_index", expectations=[
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToNotBeNull(column="recall_at_k"),
+        gxe.ExpectColumnValuesToBeBetween(column="recall_at_k", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnMeanToBeBetween(column="recall_at_k", min_value=min_recall, max_value=1.0),
+    ])

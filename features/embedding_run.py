@@ -32,6 +32,7 @@ from catalogfs.statuses import RunStatus
 from expectations.runner import ValidationOutcome
 from features import delta_writer
 from features.audit import Audit, audit_staged
+from features.history import sync_after_publish
 from features.lineage import (Attempt, changed_outside_runs, last_checkpoint, recent_commits, record_lineage,
                               repair_lineage)
 from features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
@@ -146,6 +147,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     failpoints.reached("before_lineage")
     record_lineage(spark, cfg, space, attempt, started=started)
     result.current_space = settle_current(spark, cfg.storage, space, current, serve=serve, run_id=run_id)
+    if result.published:  # the published history, for point-in-time reads (features/history.py)
+        result.warnings.extend(sync_after_publish(spark, cfg.storage))
     delta_writer.drop_staging(staging)
     clock.lap("lineage")
     log.info("run %s stage seconds: %s", run_id, result.stage_summary)

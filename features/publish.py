@@ -81,12 +81,13 @@ def publish_with_retries(spark: SparkSession, cfg: Config, space: EmbeddingSpace
 
 
 def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_state: DataFrame,
-                       video_emb: DataFrame, video_lab: DataFrame, video_ids: list[str], *, run_id: str,
+                       video_emb: DataFrame | None, video_lab: DataFrame, video_ids: list[str], *, run_id: str,
                        txn_version: int, video_flags: DataFrame | None = None, register: bool = True,
                        written: dict[str, int] | None = None, since: dict[str, int] | None = None) -> dict[str, int]:
     """One MERGE per published table: the affected videos' rows in this space become exactly the
     staged ones (new and changed rows written, unchanged ones left alone, vanished ones deleted).
-    ``video_flags`` is None for models without flags: that table is then left alone. ``register``:
+    ``video_flags`` is None for models without flags, ``video_emb`` None for a re-labelling
+    (:mod:`features.relabel`, vectors unchanged): that table is then left alone. ``register``:
     record the space in each table's ``catalogfs.embedding_spaces`` property (a space's first
     publish; later ones skip that read of every table's properties).
 
@@ -105,6 +106,7 @@ def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, 
     with delta_writer.commit_metadata(spark, metadata):
         merges = [(FRAME_EMBEDDINGS, frame_state, changed), (VIDEO_EMBEDDINGS, video_emb, None),
                   (VIDEO_LABELS, video_lab, None)]
+        merges = [m for m in merges if m[1] is not None]
         if video_flags is not None:
             merges.append((VIDEO_FLAGS, video_flags, None))
         for table, source, _ in merges:  # every source checked before the first table is touched

@@ -11,8 +11,8 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from catalogfs.config import StorageConfig
-from features import delta_writer
+from catalogfs.config import Config, StorageConfig
+from features import ann, delta_writer
 from features.knn import top_k_neighbours
 from features.promotion import current_space
 from features.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS
@@ -66,3 +66,108 @@ def write_video_neighbors(spark: SparkSession, storage: StorageConfig, *, space:
      .option("replaceWhere", f"embedding_space = {delta_writer.sql_literal(space)}")
      .saveAsTable(storage.qualified(VIDEO_NEIGHBORS.name)))
     return space, len(rows)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Nearest rows to one query: each hit is ``{key columns…, "score", "rank"}``; ``search`` says
+    how they were found (``index <id> (nprobe n)`` or ``exact``)."""
+
+    space: str
+    level: str
+    search: str
+    hits: list[dict]
+
+
+def query_vector(spark: SparkSession, cfg: Config, space: str, level: str, *, key: tuple | None = None,
+                 image: bytes | None = None) -> np.ndarray:
+    """The vector to search with: the stored one of ``key`` (its row in the level's table), or
+    ``image`` embedded by the space's own model version (no Spark job)."""
+    if image is not None:
+        return embed_image(spark, cfg, space, image)
+    from features.vector_index import SOURCES
+
+    columns = ann.LEVELS[level]
+    df = spark.table(cfg.storage.qualified(SOURCES[level].name)).where(F.col("embedding_space") == space)
+    for column, value in zip(columns, key or ()):
+        df = df.where(F.col(column) == value)
+    row = df.where(F.col("embedding").isNotNull()).select("embedding").first()
+    if row is None:
+        raise SimilarityError(f"{dict(zip(columns, key or ()))} has no {level} embedding in space {space!r}")
+    return np.asarray(row["embedding"], dtype=np.float32)
+
+
+def embed_image(spark: SparkSession, cfg: Config, space: str, image: bytes) -> np.ndarray:
+    """``image`` (encoded bytes) embedded by the model version that made ``space``."""
+    from mlflow import MlflowClient
+
+    from catalogfs.tracking import configure_mlflow
+    from features.promotion import space_model
+    from features.staging import engine_options
+    from udfs.engine import cached_engine
+    from udfs.model_registry import ModelRef, local_bundle_dir, resolve_model
+
+    owner = space_model(spark, cfg.storage, space)
+    if owner is None:
+        raise SimilarityError(f"space {space!r} was never published: no model to embed the image with")
+    configure_mlflow(cfg)
+    model = resolve_model(MlflowClient(), ModelRef(owner.model_name, version=owner.model_version),
+                          cache_dir=cfg.storage.model_cache_dir)
+    directory = local_bundle_dir(model.source_uri, cfg.storage.model_cache_dir / model.name / model.version)
+    result = cached_engine(directory, engine_options(cfg)).embed([image])
+    if result.embeddings[0] is None:
+        raise SimilarityError(f"the image cannot be embedded: {result.statuses[0]}: {result.errors[0]}")
+    return np.asarray(result.embeddings[0], dtype=np.float32)
+
+
+def similar(spark: SparkSession, cfg: Config, *, level: str = "video", key: tuple | None = None,
+            image: bytes | None = None, space: str | None = None, k: int = 10, exact: bool = False) -> SearchResult:
+    """The ``k`` rows of ``level`` nearest to an indexed ``key`` or to an ``image``, in ``space``
+    (default: the current space): from the space's current ANN index, or exactly (``exact``, or
+    when the space has no index yet) by a Spark job over the table."""
+    from features.vector_index import exact_neighbours, source_vectors
+
+    space = space or current_space(spark, cfg.storage)
+    if space is None:
+        raise SimilarityError("no space given and no space is current: run the embed job first")
+    columns = ann.LEVELS[level]
+    index = None if exact else _current_index(cfg, space, level)
+    if index is not None and key is not None and image is None and tuple(key) in index:
+        vector = index.vector(key)
+    else:
+        vector = query_vector(spark, cfg, space, level, key=key, image=image)
+    if index is not None:
+        found = index.search(vector[None], k, exclude=[tuple(key)] if key is not None else ())[0]
+        hits = [{**dict(zip(columns, hit_key)), "score": score, "rank": r + 1} for r, (hit_key, score) in enumerate(found)]
+        return SearchResult(space, level, f"index {index.manifest.index_id} (nprobe {index.manifest.nprobe})", hits)
+    version = delta_writer.table_version(spark, cfg.storage, _source_name(level))
+    vectors = source_vectors(spark, cfg, space, level, version)
+    self_id = _key_id(spark, key) if key is not None else None
+    scores, ids = exact_neighbours(spark, vectors, vector[None], np.array([self_id if self_id is not None else 0]), k)
+    keys = {r["id"]: tuple(r[c] for c in columns)
+            for r in vectors.where(F.col("id").isin([int(i) for i in ids[0] if i != ann.NO_ID])).collect()}
+    hits = [{**dict(zip(columns, keys[int(i)])), "score": float(s), "rank": r + 1}
+            for r, (i, s) in enumerate((i, s) for i, s in zip(ids[0], scores[0]) if i != ann.NO_ID)]
+    note = "exact" if exact else "exact (the space has no current index: `catalogfs index build`)"
+    return SearchResult(space, level, note, hits)
+
+
+def _current_index(cfg: Config, space: str, level: str) -> "ann.VectorIndex | None":
+    if ann.current_id(cfg.storage.indexes_dir, space, level) is None:
+        return None
+    return ann.VectorIndex.open_current(cfg.storage.indexes_dir, space, level)
+
+
+def _source_name(level: str) -> str:
+    from features.vector_index import SOURCES
+
+    return SOURCES[level].name
+
+
+def _key_id(spark: SparkSession, key: tuple) -> int:
+    """The index id of ``key``: Spark's xxhash64 of its columns (as the build computes it)."""
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+    fields = [StructField(f"k{i}", StringType() if isinstance(v, str) else LongType()) for i, v in enumerate(key)]
+    row = spark.createDataFrame([tuple(key)], StructType(fields)).select(F.xxhash64(*[f.name for f in fields])).first()
+    return int(row[0])

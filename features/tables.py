@@ -196,6 +196,68 @@ VIDEO_NEIGHBORS = TableDef(
     ]),
 )
 
+VIDEO_EMBEDDINGS_HISTORY = TableDef(
+    name="video_embeddings_history",
+    # the commit that wrote a value identifies it (commit timestamps of two commits may coincide)
+    keys=("video_id", "embedding_space", "commit_version"),
+    comment="SCD2 history of video_embeddings: every value a (video, space) had, valid from the commit "
+            "that wrote it until the commit that replaced or deleted it (point-in-time training sets).",
+    checks=(("n_frames_positive", "n_frames > 0"),
+            ("ended_after_written", "ended_version IS NULL OR ended_version > commit_version")),
+    schema=StructType([
+        _f("video_id", StringType(), False),
+        _f("embedding_space", StringType(), False),
+        _f("commit_version", LongType(), False, "Delta version of video_embeddings that wrote the value."),
+        _f("embedding", ArrayType(FloatType(), True), False),
+        _f("n_frames", IntegerType(), False),
+        _f("model_name", StringType(), False),
+        _f("model_version", StringType(), False),
+        _f("run_id", StringType(), False),
+        _f("computed_at", TimestampType(), False),
+        _f("valid_from", TimestampType(), False, "Commit timestamp at which the value became visible."),
+        _f("valid_to", TimestampType(), True, "Commit timestamp of the change that replaced or deleted it; "
+                                              "null while current."),
+        _f("ended_version", LongType(), True, "Delta version of that change; null while current."),
+        _f("recorded_from", StringType(), False, "change_feed, or snapshot (the feed did not cover it: "
+                                                 "valid_from is the commit of the value's run)."),
+    ]),
+)
+
+VECTOR_INDEXES = TableDef(
+    name="vector_indexes",
+    keys=("index_id",),
+    comment="Lineage of the ANN index versions of each space and level: what each was built from, how "
+            "it was checked (recall@k against exact search), and whether it became current.",
+    checks=(("recall_in_unit_range", "recall_at_k BETWEEN 0 AND 1"), ("n_vectors_valid", "n_vectors >= 0")),
+    schema=StructType([
+        _f("index_id", StringType(), False, "Folder name of the version under <data_root>/indexes/<space>/<level>/."),
+        _f("embedding_space", StringType(), False),
+        _f("level", StringType(), False, "video (keys: video_id) or frame (keys: video_id, frame_ts_ms)."),
+        _f("kind", StringType(), False, "faiss index: ivf_flat or flat (exact)."),
+        _f("status", StringType(), False, "validated (became current) or rejected (recall below the minimum)."),
+        _f("build_mode", StringType(), False, "full, or incremental (changes added to the previous version)."),
+        _f("source_table", StringType(), False),
+        _f("source_version", LongType(), False, "Delta version of source_table the index was built from."),
+        _f("n_vectors", LongType(), False),
+        _f("dim", IntegerType(), False),
+        _f("nlist", IntegerType(), False, "Inverted lists (0 for flat)."),
+        _f("nprobe", IntegerType(), False, "Lists searched per query: the smallest that met min_recall."),
+        _f("recall_at_k", FloatType(), False, "Mean recall@k on the held-back queries at nprobe."),
+        _f("k", IntegerType(), False),
+        _f("n_queries", IntegerType(), False),
+        _f("min_recall", FloatType(), False),
+        _f("trained_vectors", LongType(), False, "Vectors the quantizer was trained on (at the last full build)."),
+        _f("added_since_training", LongType(), False),
+        _f("path", StringType(), False),
+        _f("validation_report", StringType(), True),
+        _f("failed_expectations", StringType(), True),
+        _f("previous_index_id", StringType(), True),
+        _f("note", StringType(), True),
+        _f("build_seconds", FloatType(), False),
+        _f("built_at", TimestampType(), False),
+    ]),
+)
+
 PUBLISHED_TABLES = (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS)
 ALL_TABLES = (FRAMES, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS, FEATURE_VERSIONS,
-              VIDEO_NEIGHBORS)
+              VIDEO_NEIGHBORS, VIDEO_EMBEDDINGS_HISTORY, VECTOR_INDEXES)

@@ -1,4 +1,5 @@
-"""Job: table maintenance — VACUUM every table, keeping its newest versions readable, and remove
+"""Job: table maintenance — bring ``video_embeddings_history`` up to date (features/history.py), then
+VACUUM every table, keeping its newest versions readable, and remove
 staging folders left by runs that died (older than ``--staging-hours``, default 24).
 
     catalogfs maintain [--keep-versions N]        (default: retention.keep_versions)
@@ -17,11 +18,13 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from jobs.job_main import run_main
+from features.history import sync_history
 from features.maintenance import VacuumResult, apply_retention, sweep_staging
 
 
 def run(spark, cfg: Config, *, keep_versions: int | None = None,
         staging_hours: float = 24.0) -> tuple[list[VacuumResult], list[str]]:
+    sync_history(spark, cfg.storage)  # before VACUUM removes change data the history has not recorded
     results = apply_retention(spark, cfg.storage, keep_versions or cfg.retention.keep_versions)
     return results, sweep_staging(cfg.storage.staging_dir, older_than_hours=staging_hours)
 

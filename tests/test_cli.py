@@ -93,7 +93,7 @@ def test_wrong_types_and_unknown_keys_exit_2(capsys, tmp_path, text, expected):
 
 @pytest.mark.parametrize("argv, expected", [
     (["embed", "--no-such-option"], "unrecognized arguments: --no-such-option"),
-    (["similar"], "the following arguments are required: --video-id"),
+    (["similar"], "one of the arguments --video-id --image is required"),
     (["similar", "--video-id", "x", "-k", "three"], "invalid int value: 'three'"),
     (["spaces", "demote"], "invalid choice: 'demote'"),
     (["embed", "--set", "nonsense"], "expected key.path=value"),

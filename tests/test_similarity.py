@@ -92,3 +92,62 @@ def test_video_neighbors_table(spark, space):
         assert got[vid] == [ids[j] for j in np.argsort(-sims) if j != i][:2]
     assert video_neighbors.run(spark, cfg, k=2) == (space_id, 12)  # rerun replaces, no duplicates
     assert spark.table(cfg.storage.qualified("video_neighbors")).count() == 12
+
+
+def test_index_of_real_embeddings_serves_similar(spark, space, capsys):
+    """`catalogfs index build` on the sample space (a flat exact index: the space is small), then
+    `catalogfs similar` answers from it, with the same neighbours as numpy and as --exact."""
+    from features import ann
+    from jobs import index as index_job
+    from jobs import similar
+
+    cfg, space_id = space
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=similar_features"]
+    assert index_job.main([*overrides, "build", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert (built["status"], built["kind"], built["n_vectors"], built["recall_at_k"]) == ("validated", "flat", 6, 1.0)
+    assert ann.current_id(cfg.storage.indexes_dir, space_id, "video") == built["index_id"]
+    ids, vectors = _brute_force(spark, cfg, space_id)
+    i = ids.index("coffee_cup")
+    sims = vectors @ vectors[i]
+    expected = [ids[j] for j in np.argsort(-sims) if j != i][:4]
+    for extra in ([], ["--exact"]):
+        assert similar.main([*overrides, "--video-id", "coffee_cup", "-k", "4", "--json", *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["search"].startswith("exact" if extra else f"index {built['index_id']}")
+        assert [n["video_id"] for n in out["neighbours"]] == expected
+        np.testing.assert_allclose([n["score"] for n in out["neighbours"]],
+                                   sorted(np.delete(sims, i), reverse=True)[:4], atol=1e-5)
+
+
+def test_similar_by_image_file_and_by_frame(spark, space, tmp_path, capsys):
+    """An image file is embedded by the space's own model version and searched in the index: a
+    photo finds the video made from it. Frame-level search matches numpy over frame_embeddings."""
+    from jobs import index as index_job
+    from jobs import similar
+    from jobs.samples import SAMPLE_PHOTOS, load_photo
+
+    cfg, space_id = space
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=similar_features"]
+    photo = tmp_path / "query.jpg"
+    load_photo(next(p for p in SAMPLE_PHOTOS if p.video_id == "rocket_launch")).save(photo, quality=90)
+    assert similar.main([*overrides, "--image", str(photo), "-k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["search"].startswith("index") and out["neighbours"][0]["video_id"] == "rocket_launch"
+
+    assert index_job.main([*overrides, "build", "--level", "frame"]) == 0
+    capsys.readouterr()
+    rows = spark.table(cfg.storage.qualified("frame_embeddings")).where(
+        f"embedding_space = '{space_id}' AND status = 'ok'").collect()
+    keys = [(r.video_id, r.frame_ts_ms) for r in rows]
+    matrix = np.stack([np.asarray(r.embedding, dtype=np.float64) for r in rows])
+    q = keys.index(("cat_chelsea", 0))
+    sims = matrix @ matrix[q]
+    expected = [keys[j] for j in np.argsort(-sims, kind="stable") if j != q][:3]
+    assert similar.main([*overrides, "--level", "frame", "--video-id", "cat_chelsea", "--frame-ts", "0",
+                         "-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["search"].startswith("index") and out["level"] == "frame"
+    assert [(n["video_id"], n["frame_ts_ms"]) for n in out["neighbours"]] == expected
+    assert similar.main([*overrides, "--level", "frame", "--video-id", "cat_chelsea"]) == 4
+    assert "--frame-ts" in capsys.readouterr().err

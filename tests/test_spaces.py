@@ -125,3 +125,90 @@ def test_drifted_new_version_is_rejected(spark, two_spaces, tmp_path, default_bu
     assert "drift_cosine" in failures and "label_shift" in failures
     assert {t: delta_writer.table_version(spark, cfg.storage, t) for t in before} == before
     assert promotion.current_space(spark, cfg.storage) == first.space.id
+
+
+def _sync(spark, cfg, copy: dict, table: str, since: int, out) -> int:
+    """Apply ``catalogfs changes TABLE --since SINCE --net --out`` to ``copy`` (key → row), as a
+    downstream cache would; returns the version the copy is now in step with."""
+    import pandas as pd
+
+    from features import delta_writer
+    from features.change_feed import table_keys
+    from jobs import changes
+
+    until = delta_writer.table_version(spark, cfg.storage, table)
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=spaces_features"]
+    assert changes.main([*overrides, table, "--since", str(since), "--until", str(until), "--net",
+                         "--out", str(out)]) == 0
+    keys = table_keys(table)
+    for row in pd.read_parquet(out).to_dict("records"):
+        key = tuple(row[k] for k in keys)
+        if row["_change_type"] == "delete":
+            copy.pop(key, None)
+        else:
+            copy[key] = {c: v for c, v in row.items() if not c.startswith("_")}
+    return until
+
+
+def _same(spark, cfg, copy: dict, table: str, columns: tuple[str, ...]) -> None:
+    from features.change_feed import table_keys
+
+    keys = table_keys(table)
+    rows = {tuple(r[k] for k in keys): r.asDict() for r in spark.table(cfg.storage.qualified(table)).collect()}
+    assert set(copy) == set(rows)
+    for key, row in rows.items():
+        for c in columns:
+            mine, theirs = copy[key][c], row[c]
+            if c == "embedding":
+                np.testing.assert_array_equal(np.asarray(mine, dtype=np.float32), np.asarray(theirs, dtype=np.float32))
+            else:
+                assert mine == theirs, (key, c)
+
+
+def test_a_copy_synced_from_the_change_feed_equals_the_table(spark, two_spaces, tmp_path):
+    """A downstream copy of video_embeddings and feature_versions, bootstrapped from a full read,
+    then kept in step only by `catalogfs changes --net` across a publish (a new video), a removal
+    (a video's frames deleted: the next run deletes its rows) and a promote."""
+    from features import delta_writer
+    from features.change_feed import table_keys
+
+    cfg, first, second = two_spaces
+    tables = {"video_embeddings": ("embedding", "run_id", "n_frames"), "feature_versions": ("status", "note", "run_id")}
+    copies, since = {}, {}
+    for table in tables:  # bootstrap: a full read at a known version
+        since[table] = delta_writer.table_version(spark, cfg.storage, table)
+        keys = table_keys(table)
+        rows = spark.sql(f"SELECT * FROM {cfg.storage.qualified(table)} VERSION AS OF {since[table]}").collect()
+        copies[table] = {tuple(r[k] for k in keys): r.asDict() for r in rows}
+
+    def step(name: str) -> None:
+        for table, columns in tables.items():
+            since[table] = _sync(spark, cfg, copies[table], table, since[table], tmp_path / f"{name}-{table}")
+            _same(spark, cfg, copies[table], table, columns)
+
+    videos = tmp_path / "more_videos"
+    make_sample_videos(videos, seconds=1.0, fps=6, width=320, height=180,
+                       photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "rocket_launch"))
+    extract_frames.run(spark, cfg, input=str(videos))
+    assert embed_frames.run(spark, cfg).published  # a publish: rocket_launch's rows inserted
+    step("publish")
+    assert ("rocket_launch", first.space.id) in copies["video_embeddings"]
+    spark.sql(f"DELETE FROM {cfg.storage.qualified('frames')} WHERE video_id = 'coffee_cup'")
+    assert embed_frames.run(spark, cfg).published  # a removal: coffee_cup's rows deleted
+    before = since["video_embeddings"]
+    step("removal")
+    # SQL consumers read the same feed with table_changes (versions inclusive)
+    sql_changes = {(r.video_id, r._change_type) for r in spark.sql(
+        f"SELECT video_id, _change_type FROM table_changes('{cfg.storage.qualified('video_embeddings')}', "
+        f"{before + 1}, {since['video_embeddings']}) WHERE embedding_space = '{first.space.id}'").collect()}
+    assert ("coffee_cup", "delete") in sql_changes and not any(v == "rocket_launch" for v, _ in sql_changes)
+    assert ("coffee_cup", first.space.id) not in copies["video_embeddings"]
+    assert ("coffee_cup", second.space.id) in copies["video_embeddings"]  # the shadow space was not run
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=spaces_features"]
+    def promotions_of(space: str) -> int:
+        return sum(r["status"] == "promoted" and r["embedding_space"] == space for r in copies["feature_versions"].values())
+
+    promoted_before = promotions_of(second.space.id)
+    assert spaces.main([*overrides, "promote", second.space.id]) == 0
+    step("promote")  # a promote writes only its lineage row; the feature rows do not move
+    assert promotions_of(second.space.id) == promoted_before + 1

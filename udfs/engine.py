@@ -30,6 +30,7 @@ from udfs.families import serves_onnx_on_cpu
 from udfs.flags import FLAG_SCORE_SIGMOID
 from udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
 from udfs.images import decode_image
+from udfs.label_scores import flags_over_thresholds, score_logits
 from udfs.model_bundle import BundleError, LoadedModel, load_bundle
 from udfs.onnx_runtime import OnnxExportError, load_onnx_module, onnx_available
 
@@ -235,16 +236,12 @@ class EmbeddingEngine:
             else:
                 pooled, logits = self.module(x)
             pooled = torch.nn.functional.normalize(pooled.float(), dim=1)
-            logits = logits.float()
-            probs = torch.softmax(logits, dim=1)
-            k = min(self.options.top_k, probs.shape[1])
-            top = torch.topk(probs, k, dim=1)
-            flag_scores = None
-            if self._flag_index is not None:
-                flag_scores = (torch.sigmoid(logits[:, self._flag_index]) if self.flag_sigmoid
-                               else probs[:, self._flag_index]).cpu().numpy().astype(np.float32)
-        return BatchOutput(pooled.cpu().numpy().astype(np.float32), top.indices.cpu().numpy(),
-                           top.values.cpu().numpy(), flag_scores)
+            scores = score_logits(logits, top_k=self.options.top_k, flag_index=self._flag_index,
+                                  flag_sigmoid=self.flag_sigmoid)
+            flag_scores = (None if scores.flag_scores is None
+                           else scores.flag_scores.cpu().numpy().astype(np.float32))
+        return BatchOutput(pooled.cpu().numpy().astype(np.float32), scores.top_indices.cpu().numpy(),
+                           scores.top_scores.cpu().numpy(), flag_scores)
 
     def _stack(self, items: list[np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
         """Frames → one batch. Host arrays stack on the host (on CUDA into pinned memory, so the
@@ -352,9 +349,7 @@ class EmbeddingEngine:
 
     def _flags(self, scores: np.ndarray) -> tuple[list[str], list[float]]:
         """The labels whose score reaches their own threshold, best first (ties by label)."""
-        hits = [(float(s), label) for label, s, t in zip(self.flag_labels, scores, self.flag_thresholds) if s >= t]
-        hits.sort(key=lambda h: (-h[0], h[1]))
-        return [label for _, label in hits], [s for s, _ in hits]
+        return flags_over_thresholds(self.flag_labels, self.flag_thresholds, scores)
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":

@@ -29,6 +29,7 @@ from torch import nn
 
 from udfs.bundle_format import BundleSpec, write_spec
 from udfs.flags import FLAG_SCORE_SIGMOID, FLAG_SCORE_SOFTMAX, check_flag_labels, parse_flags
+from udfs.label_scores import zero_shot_logits
 from udfs.preprocess import PreprocessSpec
 
 HF_DIR = "hf"
@@ -77,8 +78,7 @@ class TransformersVision(nn.Module):
         if self.kind == "clip":
             pooled = _first(self.model.get_image_features(pixel_values=x))
             if self.text_embeddings.shape[0]:
-                image = nn.functional.normalize(pooled.float(), dim=-1)
-                return pooled, self.logit_scale * image @ self.text_embeddings.T
+                return pooled, zero_shot_logits(pooled, self.text_embeddings, self.logit_scale)
             return pooled, pooled.new_zeros(pooled.shape[0], 0)
         if self.kind == "classifier":
             out = self.model(pixel_values=x, output_hidden_states=True)
@@ -137,12 +137,32 @@ def load_transformers_module(directory: Path, spec: BundleSpec) -> tuple[nn.Modu
         id2label = model.config.id2label
         return TransformersVision(model, kind), [str(id2label[i]) for i in range(len(id2label))]
     if kind == "clip" and options.taxonomy:
-        taxonomy = options.taxonomy
         tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False, local_files_only=True)
-        texts = text_embeddings(model, tokenizer, taxonomy)
-        scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
-        return TransformersVision(model, kind, texts, scale), list(taxonomy)
+        texts, scale = zero_shot_head(model, tokenizer, options.taxonomy)
+        return TransformersVision(model, kind, texts, scale), list(options.taxonomy)
     return TransformersVision(model, kind), []
+
+
+def zero_shot_head(model: nn.Module, tokenizer, taxonomy: Mapping[str, list[str]]) -> tuple[torch.Tensor, float]:
+    """What zero-shot labels over ``taxonomy`` need from a CLIP-like model, from its text tower
+    only: the labels' unit text embeddings (:func:`text_embeddings`) and the model's logit scale
+    (``exp(logit_scale)``; 100 for a model without one)."""
+    texts = text_embeddings(model, tokenizer, taxonomy)
+    scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
+    return texts, scale
+
+
+def load_text_tower(directory: Path) -> tuple[nn.Module, Any]:
+    """The model and tokenizer of a transformers bundle folder, for text embeddings (nothing of the
+    image tower runs; its weights load with the model). Safetensors only, no remote code."""
+    from transformers import AutoModel, AutoTokenizer
+
+    hf_dir = Path(directory) / HF_DIR
+    _refuse_pickles(hf_dir)
+    model = AutoModel.from_pretrained(str(hf_dir), trust_remote_code=False, use_safetensors=True,
+                                      local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False, local_files_only=True)
+    return model, tokenizer
 
 
 def declared_labels(config: Mapping[str, Any], kind: str, taxonomy: Mapping[str, list[str]] | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""The thin Spark wrapper around the engine: an Iterator pandas UDF, image bytes → result struct.
+"""The thin Spark wrapper around the engine: an Iterator pandas UDF, image bytes → result struct
+(and :func:`make_relabel_udf`: stored vectors → labels over a new taxonomy, :mod:`udfs.relabel`).
 
 The model bundle is opened once per Python worker (:func:`udfs.engine.cached_engine`), on the
 first batch the worker sees, and reused for every later batch and task on that worker.
@@ -74,3 +75,18 @@ def make_embed_udf(bundle_uri: str, options: EngineOptions, *, cache_dir: str, f
 def _first_row(count: int, rows: int) -> list[int]:
     """``count`` on the first of ``rows`` rows, 0 on the others (a column whose sum is ``count``)."""
     return [int(count)] + [0] * (rows - 1) if rows else []
+
+
+RELABEL_RESULT_DDL = "struct<labels: array<string>, label_scores: array<float>, flags: array<string>, flag_scores: array<float>>"
+
+
+def make_relabel_udf(scorer):
+    """A pandas UDF: stored vectors (array<float>, null for frames without one) → the struct of
+    ``labels``, ``label_scores``, ``flags``, ``flag_scores`` of :class:`udfs.relabel.ZeroShotScorer`
+    ``scorer``, which travels with the UDF as data: workers load no model and run no forward pass."""
+
+    @pandas_udf(RELABEL_RESULT_DDL)  # type: ignore[call-overload]
+    def relabel_vectors(vectors: pd.Series) -> pd.DataFrame:
+        return scorer.score_series(vectors)
+
+    return relabel_vectors
