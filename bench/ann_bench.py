@@ -144,7 +144,7 @@ def run(n: int, dim: int, clusters: int, k: int, n_queries: int, threads: int) -
     no_self = np.full(len(tune), ann.NO_ID)
     target = defaults.min_recall + defaults.recall_margin  # the build's rule, on its own tuning queries
     nprobe, _, tried = ann.choose_nprobe(index, tune, no_self, tune_exact, k=k, min_recall=target)
-    index.nprobe = nprobe
+    ann.for_queries(index, nprobe)  # as VectorIndex serves it
     start = time.perf_counter()
     scores, ids = index.search(queries, k)
     ann_batch_s = time.perf_counter() - start

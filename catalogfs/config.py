@@ -226,6 +226,10 @@ class PublishConfig(_Section):
     max_attempts: int = Field(3, ge=1, le=20, description=(
         "Tries of a publish that lost a Delta commit race to a concurrent publisher."))
     retry_backoff_seconds: float = Field(2.0, ge=0, le=600, description="Wait before the first retry; doubles.")
+    sync_history: bool = Field(True, description=(
+        "Bring video_embeddings_history up to date after each publish (2-4 s per publishing run on 2 "
+        "cores). Off: SQL readers of the history table see it as of the last `catalogfs training-set` "
+        "or `catalogfs maintain` (both sync first); run maintain within delta.logRetentionDuration."))
 
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")

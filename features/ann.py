@@ -128,6 +128,18 @@ def merge_shards(paths: Sequence[Path]):
     return with_id_lookup(merged)
 
 
+def for_queries(index, nprobe: int | None = None):
+    """``index`` set up to answer queries: ``nprobe`` lists each, and one query's lists searched by
+    all threads (faiss ``parallel_mode`` 1; its default splits a batch by query, which leaves a
+    single query on one core)."""
+    ivf = _faiss().try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.parallel_mode = 1
+        if nprobe:
+            ivf.nprobe = int(nprobe)
+    return index
+
+
 def search(index, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the ``k`` best rows per query; :data:`NO_ID` pads when the index has fewer rows."""
     if nprobe is not None and hasattr(index, "nprobe"):
@@ -260,8 +272,7 @@ class VectorIndex:
         self._keys = list(zip(*(keys.column(c).to_pylist() for c in self._columns)))
         self._row = {int(i): n for n, i in enumerate(self._ids)}
         self._id_of = {key: int(i) for key, i in zip(self._keys, self._ids)}
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = max(1, self.manifest.nprobe)
+        for_queries(self.index, max(1, self.manifest.nprobe))
 
     @classmethod
     def open_current(cls, indexes_dir: Path, space: str, level: str = "video", *, mmap: bool = True) -> "VectorIndex":

@@ -147,7 +147,7 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     failpoints.reached("before_lineage")
     record_lineage(spark, cfg, space, attempt, started=started)
     result.current_space = settle_current(spark, cfg.storage, space, current, serve=serve, run_id=run_id)
-    if result.published:  # the published history, for point-in-time reads (features/history.py)
+    if result.published and cfg.publish.sync_history:  # point-in-time history (features/history.py)
         result.warnings.extend(sync_after_publish(spark, cfg.storage))
     delta_writer.drop_staging(staging)
     clock.lap("lineage")
