@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from catalogfs.errors import VectorIndexError
+from catalogfs.errors import VectorIndexError  # noqa: F401 (importable from here)
 
 LEVELS = {"video": ("video_id",), "frame": ("video_id", "frame_ts_ms")}
 INDEX_FILE, KEYS_FILE, MANIFEST_FILE, CURRENT_FILE = "index.faiss", "keys.parquet", "manifest.json", "CURRENT"
@@ -150,16 +150,18 @@ def search(index, queries: np.ndarray, k: int, nprobe: int | None = None) -> tup
 def recall_per_query(found_ids: np.ndarray, found_scores: np.ndarray, exact_ids: np.ndarray,
                      exact_scores: np.ndarray, k: int, *, tie: float = 1e-5) -> np.ndarray:
     """Share of each query's exact top-``k`` found by the index (id :data:`NO_ID` is padding). A found row
-    tied with the exact k-th score counts too: among equal scores (duplicate videos) any is right."""
+    outside the exact answer counts only when it ties with the exact k-th score (within ``tie``):
+    among equal scores (duplicate videos) any is right; a row scoring above it is not (an index
+    holding a vector the table no longer has must fail the check)."""
     out = np.ones(len(exact_ids), dtype=np.float64)
     for i in range(len(exact_ids)):
         valid = exact_ids[i][:k] != NO_ID
         truth = {int(x) for x in exact_ids[i][:k][valid]}
         if not truth:
             continue
-        floor = float(exact_scores[i][:k][valid].min()) - tie
+        kth = float(exact_scores[i][:k][valid].min())
         hits = sum(1 for x, s in zip(found_ids[i][:k], found_scores[i][:k])
-                   if x != NO_ID and (int(x) in truth or s >= floor))
+                   if x != NO_ID and (int(x) in truth or abs(float(s) - kth) <= tie))
         out[i] = min(hits, len(truth)) / len(truth)
     return out
 
@@ -241,8 +243,10 @@ def level_dir(indexes_dir: Path, space: str, level: str) -> Path:
 
 def set_current(indexes_dir: Path, space: str, level: str, index_id: str) -> None:
     """Point ``CURRENT`` at ``index_id`` (write a temporary file, then an atomic rename)."""
+    import uuid
+
     folder = level_dir(indexes_dir, space, level)
-    tmp = folder / f".{CURRENT_FILE}.{os.getpid()}"
+    tmp = folder / f".{CURRENT_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     tmp.write_text(index_id + "\n")
     os.replace(tmp, folder / CURRENT_FILE)
 

@@ -65,6 +65,11 @@ def change_range(spark: SparkSession, storage: StorageConfig, table: str, *, sin
     end = latest if until is None else until
     if end > latest:
         raise ChangeFeedError(f"{storage.qualified(table)} is at version {latest}; --until {end} is in the future")
+    if since > latest:
+        raise ChangeFeedError(f"{storage.qualified(table)} is at version {latest}, older than --since {since}: the "
+                              f"table was recreated or the version is wrong; resync from a full read")
+    if end < since:
+        raise ChangeFeedError(f"--until {end} is before --since {since}")
     return ChangeRange(table, since, end)
 
 
@@ -111,8 +116,8 @@ def check_covered(spark: SparkSession, changes: DataFrame, rng: ChangeRange, sto
     the change data feed does not cover it."""
     if rng.empty:
         return changes
-    try:
-        changes.limit(1).collect()
+    try:  # every change file of the range read (a limit would stop at the first partition)
+        changes.select("_commit_version").agg(F.count(F.lit(1))).collect()
     except Exception as exc:  # noqa: BLE001 - Delta says which version lacks change data
         raise ChangeFeedError(
             f"the change data feed of {storage.qualified(rng.table)} does not cover versions "

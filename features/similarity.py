@@ -16,7 +16,7 @@ from features import ann, delta_writer
 from features.knn import top_k_neighbours
 from features.promotion import current_space
 from features.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS
-from catalogfs.errors import SimilarityError  # noqa: F401 (raised here, importable from here)
+from catalogfs.errors import SimilarityError, VectorIndexError  # noqa: F401 (SimilarityError importable from here)
 
 
 @dataclass(frozen=True)
@@ -127,10 +127,14 @@ def similar(spark: SparkSession, cfg: Config, *, level: str = "video", key: tupl
     when the space has no index yet) by a Spark job over the table."""
     from features.vector_index import exact_neighbours, source_vectors
 
+    if (key is None) == (image is None):
+        raise SimilarityError("give exactly one of a key or an image to search with")
+    columns = ann.LEVELS.get(level, ())
+    if key is not None and len(key) != len(columns):
+        raise SimilarityError(f"a {level} key is ({', '.join(columns)}), got {tuple(key)!r}")
     space = space or current_space(spark, cfg.storage)
     if space is None:
         raise SimilarityError("no space given and no space is current: run the embed job first")
-    columns = ann.LEVELS[level]
     index = None if exact else _current_index(cfg, space, level)
     if index is not None and key is not None and image is None and tuple(key) in index:
         vector = index.vector(key)
@@ -155,7 +159,13 @@ def similar(spark: SparkSession, cfg: Config, *, level: str = "video", key: tupl
 def _current_index(cfg: Config, space: str, level: str) -> "ann.VectorIndex | None":
     if ann.current_id(cfg.storage.indexes_dir, space, level) is None:
         return None
-    return ann.VectorIndex.open_current(cfg.storage.indexes_dir, space, level)
+    try:
+        return ann.VectorIndex.open_current(cfg.storage.indexes_dir, space, level)
+    except VectorIndexError as exc:  # a damaged current version: answer exactly rather than not at all
+        import logging
+
+        logging.getLogger(__name__).warning("current %s index of %s unreadable (%s): exact search", level, space, exc)
+        return None
 
 
 def _source_name(level: str) -> str:

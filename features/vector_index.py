@@ -157,11 +157,23 @@ def incremental_update(spark: SparkSession, cfg: Config, previous: ann.Manifest,
     import pyarrow.parquet as pq
 
     old_keys = pq.read_table(previous_dir / ann.KEYS_FILE).to_pandas()
-    removed = ann.remove_ids(index, rows["id"].to_numpy())  # every changed key leaves; kept ones come back
     added = rows[rows["keep"]]
-    ann.add_vectors(index, added["id"].to_numpy(), _stack(added["embedding"], previous.dim))
+    vectors = _stack(added["embedding"], previous.dim)
+    moved = _moved_vectors(index, old_keys, added["id"].to_numpy(), vectors)
+    removed = ann.remove_ids(index, rows["id"].to_numpy())  # every changed key leaves; kept ones come back
+    ann.add_vectors(index, added["id"].to_numpy(), vectors)
     key_rows = pd.concat([old_keys[~old_keys["id"].isin(rows["id"])], added[["id", *keys]]], ignore_index=True)
-    return ann.with_id_lookup(index), key_rows, removed, len(added)
+    return ann.with_id_lookup(index), key_rows, removed, moved
+
+
+def _moved_vectors(index, old_keys: pd.DataFrame, ids: np.ndarray, vectors: np.ndarray) -> int:
+    """How many of ``ids`` bring a vector the index does not hold yet (a new key, or a key whose
+    vector changed): what ages the quantizer. A row rewritten with the same vector does not."""
+    held = set(old_keys["id"].tolist())
+    count = 0
+    for i, vector in zip(ids.tolist(), vectors):
+        count += 1 if i not in held or not np.allclose(index.reconstruct(int(i)), vector, atol=1e-6) else 0
+    return count
 
 
 def exact_neighbours(spark: SparkSession, vectors: DataFrame, queries: np.ndarray, query_ids: np.ndarray,
@@ -175,11 +187,15 @@ def exact_neighbours(spark: SparkSession, vectors: DataFrame, queries: np.ndarra
         top_i = np.full((len(q), k), ann.NO_ID, dtype=np.int64)
         for batch in batches:
             ids = batch["id"].to_numpy()
-            sims = q @ _stack(batch["embedding"], q.shape[1]).T
-            sims[qids[:, None] == ids[None, :]] = -np.inf
-            all_s, all_i = np.hstack([top_s, sims]), np.hstack([top_i, np.broadcast_to(ids, sims.shape)])
-            order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
-            top_s, top_i = np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
+            rows = _stack(batch["embedding"], q.shape[1])
+            for lo in range(0, len(q), 1024):  # a bounded matrix per step, whatever the query count
+                part = slice(lo, lo + 1024)
+                sims = q[part] @ rows.T
+                sims[qids[part, None] == ids[None, :]] = -np.inf
+                all_s = np.hstack([top_s[part], sims])
+                all_i = np.hstack([top_i[part], np.broadcast_to(ids, sims.shape)])
+                order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+                top_s[part], top_i[part] = np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
         yield pd.DataFrame({"query": np.repeat(np.arange(len(q)), k), "id": top_i.ravel(), "score": top_s.ravel()})
 
     parts = vectors.select("id", "embedding").mapInPandas(best, "query long, id long, score float").toPandas()
@@ -221,10 +237,16 @@ def check_recall(spark: SparkSession, cfg: Config, index, vectors: DataFrame, re
 
 
 def current_manifest(cfg: Config, space: str, level: str) -> ann.Manifest | None:
+    """The manifest ``CURRENT`` names; None when there is none, or its folder is gone or damaged
+    (logged: the next build is then a full one)."""
     index_id = ann.current_id(cfg.storage.indexes_dir, space, level)
     if index_id is None:
         return None
-    return ann.Manifest.read(ann.level_dir(cfg.storage.indexes_dir, space, level) / index_id)
+    try:
+        return ann.Manifest.read(ann.level_dir(cfg.storage.indexes_dir, space, level) / index_id)
+    except (VectorIndexError, ValueError, TypeError) as exc:
+        log.warning("current index %s of %s/%s is unreadable (%s): building in full", index_id, space, level, exc)
+        return None
 
 
 def _mode(cfg: Config, previous: ann.Manifest | None, full: bool, kind: str) -> tuple[str, str]:
@@ -293,8 +315,23 @@ def build_index(spark: SparkSession, cfg: Config, *, space: str | None = None, l
                        tuple(outcome.failures), time.perf_counter() - clock)
     record_build(spark, cfg, build, previous, started, outcome.reports.get("vector_index"))
     if outcome.success:
-        ann.set_current(cfg.storage.indexes_dir, space, level, index_id)
+        _make_current(cfg, manifest)
     return build
+
+
+def _make_current(cfg: Config, manifest: ann.Manifest) -> None:
+    """Point ``CURRENT`` at ``manifest``'s version, under a lock, unless a concurrent build already
+    made a version of a newer source version current (the newer one stays)."""
+    import fcntl
+
+    folder = ann.level_dir(cfg.storage.indexes_dir, manifest.space, manifest.level)
+    with open(folder / ".current.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = current_manifest(cfg, manifest.space, manifest.level)
+        if now is not None and now.source_version > manifest.source_version:
+            log.warning("index %s not made current: %s (of a newer source version) is", manifest.index_id, now.index_id)
+            return
+        ann.set_current(cfg.storage.indexes_dir, manifest.space, manifest.level, manifest.index_id)
 
 
 def _resolve_space(spark: SparkSession, cfg: Config, space: str | None) -> str:
@@ -312,13 +349,15 @@ def _make(spark: SparkSession, cfg: Config, vectors: DataFrame, folder: Path, mo
     if mode == "incremental":
         assert previous is not None
         try:
-            index, key_rows, removed, added = incremental_update(
+            index, key_rows, removed, moved = incremental_update(
                 spark, cfg, previous, ann.level_dir(cfg.storage.indexes_dir, space, level) / previous.index_id,
                 space=space, level=level, version=version)
-            manifest = replace(previous, index_id=index_id, source_version=version, n_vectors=int(index.ntotal),
-                               added_since_training=previous.added_since_training + added)
-            return index, key_rows, manifest, mode, f"{reason}: {removed} removed, {added} added"
-        except ChangeFeedError as exc:
+            if int(index.ntotal) != n or len(key_rows) != n:  # the feed and the table disagree: trust the table
+                raise ChangeFeedError(f"{int(index.ntotal)} vectors after applying the change feed, the table has {n}")
+            manifest = replace(previous, index_id=index_id, source_version=version, n_vectors=n, k=cfg.index.k,
+                               added_since_training=previous.added_since_training + moved)
+            return index, key_rows, manifest, mode, f"{reason}: {removed} removed, {moved} new or moved vectors"
+        except (ChangeFeedError, VectorIndexError) as exc:
             mode, reason = "full", f"full build: {exc}"
     index, kind, nlist, trained = full_build(spark, cfg, vectors, folder, n=n, dim=dim)
     key_rows = vectors.select("id", *keys).toPandas()

@@ -20,6 +20,7 @@ from typing import Sequence
 from pyspark.sql import functions as F
 
 from catalogfs.config import Config
+from catalogfs.errors import ChangeFeedError
 from features.change_feed import CHANGE_COLUMNS, change_range, check_covered, read_changes, table_keys
 from jobs.job_main import run_main
 
@@ -30,6 +31,8 @@ def run(spark, cfg: Config, *, table: str, since: int, until: int | None = None,
     rng = change_range(spark, cfg.storage, table, since=since, until=until)
     changes = check_covered(spark, read_changes(spark, cfg.storage, rng, net=net), rng, cfg.storage)
     if space:
+        if "embedding_space" not in changes.columns:
+            raise ChangeFeedError(f"{cfg.storage.qualified(table)} has no embedding_space column: drop --space")
         changes = changes.where(F.col("embedding_space") == space)
     changes = changes.orderBy("_commit_version", *table_keys(table))
     counts = {r["_change_type"]: r["n"] for r in changes.groupBy("_change_type").agg(F.count(F.lit(1)).alias("n")).collect()}
@@ -48,7 +51,9 @@ def print_result(result, cfg: Config) -> None:
     if as_json:
         print(json.dumps({**summary, "rows": rows}, default=str, indent=2))
         return
-    print(f"{summary['table']}: versions {summary['since'] + 1}..{summary['until']}"
+    span = (f"versions {summary['since'] + 1}..{summary['until']}" if summary["until"] > summary["since"]
+            else f"no versions after v{summary['since']}")
+    print(f"{summary['table']}: {span}"
           f"{' (net: last change per key)' if summary['net'] else ''}: "
           + (", ".join(f"{n} {kind}" for kind, n in sorted(summary["counts"].items())) or "no changes"))
     if "written_to" in summary:

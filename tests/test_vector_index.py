@@ -173,3 +173,26 @@ def test_search_api_needs_no_spark(spark, synthetic):
                          cwd=str(Path(__file__).resolve().parent.parent)).stdout.split()
     index = ann.VectorIndex.open_current(cfg.storage.indexes_dir, SPACE, "video")
     assert out == [str(len(index)), index.similar_to(("v00500",), k=3)[0][0][0]]
+
+
+def test_changes_command_on_the_synthetic_table(spark, synthetic, capsys):
+    """`catalogfs changes`: every insert since the start, the net view of the later commits, and a
+    version the table does not have (exit 4, resync)."""
+    import json
+
+    from jobs import changes
+
+    cfg, _, _ = synthetic
+    overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", f"storage.database={DATABASE}"]
+    latest = delta_writer.table_version(spark, cfg.storage, "video_embeddings")
+    assert changes.main([*overrides, "video_embeddings", "--since", "1", "--net", "--json", "--limit", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # after v1 (the first 2 400 rows): 100 deleted, 50 replaced, 230 new (w*, x*)
+    assert out["until"] == latest and out["counts"] == {"delete": 100, "update_postimage": 50, "insert": 230}
+    assert all(r["_commit_version"] > 1 for r in out["rows"])
+    assert changes.main([*overrides, "video_embeddings", "--since", str(latest)]) == 0
+    assert f"no versions after v{latest}: no changes" in capsys.readouterr().out
+    assert changes.main([*overrides, "video_embeddings", "--since", str(latest + 5)]) == 4
+    assert "resync from a full read" in capsys.readouterr().err
+    assert changes.main([*overrides, "frames", "--since", "0", "--space", SPACE]) == 4
+    assert changes.main([*overrides, "no_such_table", "--since", "0"]) == 4
