@@ -93,7 +93,7 @@ def query_vector(spark: SparkSession, cfg: Config, space: str, level: str, *, ke
         df = df.where(F.col(column) == value)
     row = df.where(F.col("embedding").isNotNull()).select("embedding").first()
     if row is None:
-        raise SimilarityError(f"{dict(zip(columns, key or ()))} has no {level} embedding in space {space!r}")
+        raise SimilarityError(f"{level} {dict(zip(columns, key or ()))} has no embedding in space {space!r}")
     return np.asarray(row["embedding"], dtype=np.float32)
 
 
