@@ -258,6 +258,8 @@ class IndexConfig(_Section):
     rebuild_drift: float = Field(0.25, ge=0, description=(
         "An incremental build adds changed vectors to the current index until the vectors added since "
         "its quantizer was trained exceed this share of those it was trained on; then it rebuilds."))
+    keep_versions: int = Field(3, ge=1, description=(
+        "Index versions kept per space and level by `catalogfs maintain` (the current one is always kept)."))
 
 
 class ServerConfig(_Section):

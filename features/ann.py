@@ -32,6 +32,10 @@ NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512
 
 
 def _faiss():
+    import logging
+
+    # faiss' loader logs, at INFO, each CPU-specific library it does not find: noise, not an error
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss  # noqa: PLC0415 - optional at import time of this module's users
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -254,6 +258,30 @@ def set_current(indexes_dir: Path, space: str, level: str, index_id: str) -> Non
 def current_id(indexes_dir: Path, space: str, level: str) -> str | None:
     path = level_dir(indexes_dir, space, level) / CURRENT_FILE
     return path.read_text().strip() if path.exists() else None
+
+
+def prune_versions(indexes_dir: Path, *, keep: int, min_age_hours: float = 1.0, now: float | None = None) -> list[Path]:
+    """Delete old index versions: in every ``<space>/<level>`` folder, each version folder but the
+    current one and the ``keep`` newest (ids start with the build's UTC time, so they sort by age).
+    A folder modified in the last ``min_age_hours`` stays (a build writes its version before it
+    becomes current). A service that holds a deleted version memory-mapped keeps reading it: the
+    files go when it closes them. Returns the folders removed."""
+    import shutil
+    import time
+
+    cutoff = (time.time() if now is None else now) - min_age_hours * 3600
+    removed: list[Path] = []
+    root = Path(indexes_dir)
+    for folder in sorted(p for p in root.glob("*/*") if p.is_dir() and p.name in LEVELS):
+        versions = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+        current = current_id(root, folder.parent.name, folder.name)
+        for version in versions[:-keep] if keep > 0 else versions:
+            touched = max((f.stat().st_mtime for f in version.rglob("*")), default=0.0)
+            if version.name == current or max(touched, version.stat().st_mtime) >= cutoff:
+                continue
+            shutil.rmtree(version, ignore_errors=True)
+            removed.append(version)
+    return removed
 
 
 class VectorIndex:

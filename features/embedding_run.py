@@ -41,6 +41,8 @@ from features.run_plan import PlanScope, RunPlan, SpaceTables, plan_run, plan_sc
 from features.spaces import EmbeddingSpace
 from features.staging import Staged, stage_run
 from features.tables import PUBLISHED_TABLES
+from features.taxonomies import active_taxonomy
+from udfs.flags import Taxonomy
 from udfs.model_registry import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -113,10 +115,9 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     (:func:`features.lineage.repair_lineage`) and a promotion that did not happen. ``full_plan``:
     plan every video, not only what changed (:func:`choose_scope`).
     """
-    space = EmbeddingSpace.for_model(model)
-    result = EmbedResult(run_id=run_id, space=space)
+    space, flags, taxonomy, taxonomy_warning = space_labels(spark, cfg, model)
+    result = EmbedResult(run_id=run_id, space=space, warnings=[taxonomy_warning] if taxonomy_warning else [])
     started, clock = datetime.now(timezone.utc), _StageClock(result)
-    flags = model_flags(model)
     tables, plan = prepare_run(spark, cfg, space, result, with_flags=bool(flags), full_plan=full_plan)
     current = current_space_model(spark, cfg)
     if plan.nothing_to_do:
@@ -128,7 +129,8 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     clock.lap("plan")
 
     staging = cfg.storage.staging_dir / run_id
-    staged = stage_run(spark, cfg, model, space, plan, tables, flags, run_id=run_id, started=started, staging=staging)
+    staged = stage_run(spark, cfg, model, space, plan, tables, flags, run_id=run_id, started=started, staging=staging,
+                       taxonomy=taxonomy)
     result.take_stage(staged)
     clock.lap("stage", embedded=staged.stats.embed_seconds)
     failpoints.reached("after_staging")
@@ -209,6 +211,17 @@ def publish_audited(spark: SparkSession, cfg: Config, space: EmbeddingSpace, pla
         record_lineage(spark, cfg, space, skipped, started=started)
         raise
     return replace(attempt, status=RunStatus.PUBLISHED, table_versions=written)
+
+
+def space_labels(spark: SparkSession, cfg: Config, model: ResolvedModel
+                 ) -> tuple[EmbeddingSpace, dict[str, float], Taxonomy | None, str | None]:
+    """(space, flags, taxonomy, warning) of a run of ``model``: a relabelled CLIP-like space keeps
+    its taxonomy (and its flags) for new frames, not the registered one (:mod:`features.taxonomies`)."""
+    space = EmbeddingSpace.for_model(model)
+    taxonomy, warning = active_taxonomy(spark, cfg.storage, space, model)
+    if taxonomy is None:
+        return space, model_flags(model), None, warning
+    return replace(space, taxonomy_version=taxonomy.version), dict(taxonomy.flags), taxonomy, warning
 
 
 def model_flags(model: ResolvedModel) -> dict[str, float]:

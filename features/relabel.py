@@ -20,8 +20,9 @@ without a single image forward pass, validated and published like any run.
    no ``frames_version``: the next embed run still plans from the last embed run's).
 
 Frame labels are rewritten with the video labels, so a consumer never reads frame labels of one
-taxonomy beside video labels of another. Rows added later by an embed run are labelled with the
-taxonomy of the registered bundle (see the README, "Re-labelling from stored vectors").
+taxonomy beside video labels of another. The taxonomy is recorded (table ``taxonomies``) before the
+publish, and later embed runs of the space label their new frames with it
+(:mod:`features.taxonomies`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import Config
 from catalogfs.errors import InputError, ValidationFailed
-from catalogfs.statuses import INPUT_STATUSES, RunStatus, Status
+from catalogfs.statuses import INPUT_STATUSES, RunStatus
 from expectations.runner import ValidationOutcome, validate_candidates
 from expectations.suites import frame_embeddings_suite, video_flags_suite, video_labels_suite
 from expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
@@ -50,15 +51,12 @@ from features.publish import publish_with_retries
 from features.run_plan import RunPlan, SpaceTables
 from features.spaces import EmbeddingSpace
 from features.tables import FRAME_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from features.taxonomies import check_taxonomy, record_taxonomy, relabelled_frames
 from udfs.flags import load_taxonomy
 from udfs.model_registry import ModelRef, ResolvedModel, local_bundle_dir, resolve_model
 from udfs.relabel import ZeroShotScorer, require_zero_shot, zero_shot_scorer
-from udfs.spark_udf import make_relabel_udf
 
 log = logging.getLogger(__name__)
-
-RELABELLED_COLUMNS = ("labels", "label_scores", "flags", "flag_scores", "run_id")
-
 
 @dataclass
 class RelabelResult:
@@ -100,6 +98,7 @@ def relabel_space(spark: SparkSession, cfg: Config, space: str | None, taxonomy_
     delta_writer.ensure_catalog(spark, cfg.storage, log_retention_days=cfg.retention.log_retention_days)
     model = space_registered_model(spark, cfg, space, client=client)
     target = replace(EmbeddingSpace.for_model(model), taxonomy_version=taxonomy.version)
+    check_taxonomy(spark, cfg.storage, model, target.id, taxonomy)  # a version names one taxonomy: exit 2
     bundle = local_bundle_dir(model.source_uri, cfg.storage.model_cache_dir / model.name / model.version)
     scorer = zero_shot_scorer(bundle, taxonomy, top_k=cfg.inference.top_k, what=f"space {target.id}")
     tables = SpaceTables.read(spark, cfg.storage, target, with_flags=True)
@@ -115,6 +114,8 @@ def relabel_space(spark: SparkSession, cfg: Config, space: str | None, taxonomy_
     report_dir = cfg.storage.reports_dir / run_id / "validation"
     result.validation, result.report_dir = audit_relabel(cfg, target, staged, report_dir=report_dir), str(report_dir)
     if not dry_run:
+        if result.validation.success:  # what the new taxonomy_version means, for later embed runs
+            record_taxonomy(spark, cfg.storage, model, target.id, taxonomy, run_id=run_id)
         attempt = publish_relabel(spark, cfg, target, staged, result, started=started,
                                   since={t: tables.versions[t] for t in (FRAME_EMBEDDINGS.name, VIDEO_LABELS.name,
                                                                          VIDEO_FLAGS.name)})
@@ -145,18 +146,6 @@ def space_registered_model(spark: SparkSession, cfg: Config, space: str | None, 
                          f"space {made!r} (its bundle changed in the registry); cannot re-label")
     require_zero_shot(model.spec, what=f"space {space_id}")
     return model
-
-
-def relabelled_frames(frame_rows: DataFrame, scorer: ZeroShotScorer, *, run_id: str) -> DataFrame:
-    """``frame_rows`` (one space, ``frame_embeddings`` schema) with :data:`RELABELLED_COLUMNS`
-    recomputed from each ok row's vector by ``scorer``; rows without a vector are left as they are
-    (their run id too, so the publish's MERGE leaves them alone)."""
-    has_vector = (F.col("status") == Status.OK) & F.col("embedding").isNotNull()
-    scored = frame_rows.withColumn("_relabel", make_relabel_udf(scorer)(F.col("embedding")))
-    new = {c: F.col(f"_relabel.{c}") for c in RELABELLED_COLUMNS if c != "run_id"}
-    new["run_id"] = F.lit(run_id)
-    return scored.select(*(F.when(has_vector, new[c]).otherwise(F.col(c)).alias(c) if c in new else F.col(c)
-                           for c in frame_rows.columns))
 
 
 def stage_relabel(tables: SpaceTables, scorer: ZeroShotScorer, space: EmbeddingSpace, cfg: Config, *,

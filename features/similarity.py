@@ -1,9 +1,12 @@
-"""Exact nearest videos by cosine within one embedding space: look one video up, or write the
-all-pairs top-k of a space to ``video_neighbors`` (candidate generation, near-duplicate detection).
-The search itself is :func:`features.knn.top_k_neighbours`."""
+"""Nearest neighbours within one embedding space: :func:`similar` answers one query (a video, a
+frame or an image file) from the space's current ANN index, or exactly with a Spark job
+(:mod:`features.vector_index`); :func:`write_video_neighbors` writes the all-pairs top-k of a space
+to ``video_neighbors`` (candidate generation, near-duplicate detection) with
+:func:`features.knn.top_k_neighbours`."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -16,14 +19,10 @@ from features import ann, delta_writer
 from features.knn import top_k_neighbours
 from features.promotion import current_space
 from features.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS
+from features.vector_index import SOURCES, exact_neighbours, source_vectors
 from catalogfs.errors import SimilarityError, VectorIndexError  # noqa: F401 (SimilarityError importable from here)
 
-
-@dataclass(frozen=True)
-class Neighbour:
-    video_id: str
-    score: float
-    rank: int
+log = logging.getLogger(__name__)
 
 
 def load_space(spark: SparkSession, storage: StorageConfig, space: str | None) -> tuple[str, list[str], np.ndarray]:
@@ -36,19 +35,6 @@ def load_space(spark: SparkSession, storage: StorageConfig, space: str | None) -
     if not rows:
         raise SimilarityError(f"space {space!r} has no video embeddings")
     return space, [r["video_id"] for r in rows], np.stack([np.asarray(r["embedding"], np.float32) for r in rows])
-
-
-def similar_videos(spark: SparkSession, storage: StorageConfig, video_id: str, *, space: str | None = None,
-                   k: int = 10) -> tuple[str, list[Neighbour]]:
-    """The ``k`` videos nearest to ``video_id`` in ``space`` (default: the current space)."""
-    space, ids, vectors = load_space(spark, storage, space)
-    if video_id not in ids:
-        raise SimilarityError(f"video {video_id!r} has no embedding in space {space!r}")
-    i = ids.index(video_id)
-    corpus = np.delete(vectors, i, axis=0)
-    others = ids[:i] + ids[i + 1:]
-    idx, scores = top_k_neighbours(vectors[i:i + 1], corpus, k)
-    return space, [Neighbour(others[j], float(s), r + 1) for r, (j, s) in enumerate(zip(idx[0], scores[0]))]
 
 
 def write_video_neighbors(spark: SparkSession, storage: StorageConfig, *, space: str | None, k: int,
@@ -85,7 +71,6 @@ def query_vector(spark: SparkSession, cfg: Config, space: str, level: str, *, ke
     ``image`` embedded by the space's own model version (no Spark job)."""
     if image is not None:
         return embed_image(spark, cfg, space, image)
-    from features.vector_index import SOURCES
 
     columns = ann.LEVELS[level]
     df = spark.table(cfg.storage.qualified(SOURCES[level].name)).where(F.col("embedding_space") == space)
@@ -125,7 +110,6 @@ def similar(spark: SparkSession, cfg: Config, *, level: str = "video", key: tupl
     """The ``k`` rows of ``level`` nearest to an indexed ``key`` or to an ``image``, in ``space``
     (default: the current space): from the space's current ANN index, or exactly (``exact``, or
     when the space has no index yet) by a Spark job over the table."""
-    from features.vector_index import exact_neighbours, source_vectors
 
     if (key is None) == (image is None):
         raise SimilarityError("give exactly one of a key or an image to search with")
@@ -144,7 +128,7 @@ def similar(spark: SparkSession, cfg: Config, *, level: str = "video", key: tupl
         found = index.search(vector[None], k, exclude=[tuple(key)] if key is not None else ())[0]
         hits = [{**dict(zip(columns, hit_key)), "score": score, "rank": r + 1} for r, (hit_key, score) in enumerate(found)]
         return SearchResult(space, level, f"index {index.manifest.index_id} (nprobe {index.manifest.nprobe})", hits)
-    version = delta_writer.table_version(spark, cfg.storage, _source_name(level))
+    version = delta_writer.table_version(spark, cfg.storage, SOURCES[level].name)
     vectors = source_vectors(spark, cfg, space, level, version)
     self_id = _key_id(spark, key) if key is not None else None
     scores, ids = exact_neighbours(spark, vectors, vector[None], np.array([self_id if self_id is not None else 0]), k)
@@ -162,16 +146,8 @@ def _current_index(cfg: Config, space: str, level: str) -> "ann.VectorIndex | No
     try:
         return ann.VectorIndex.open_current(cfg.storage.indexes_dir, space, level)
     except VectorIndexError as exc:  # a damaged current version: answer exactly rather than not at all
-        import logging
-
-        logging.getLogger(__name__).warning("current %s index of %s unreadable (%s): exact search", level, space, exc)
+        log.warning("current %s index of %s unreadable (%s): exact search", level, space, exc)
         return None
-
-
-def _source_name(level: str) -> str:
-    from features.vector_index import SOURCES
-
-    return SOURCES[level].name
 
 
 def _key_id(spark: SparkSession, key: tuple) -> int:

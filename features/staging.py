@@ -28,8 +28,11 @@ from features.pooling import aggregate_video_flags, aggregate_video_labels, pool
 from features.run_plan import FRAME_KEYS, RunPlan, SpaceTables
 from features.spaces import EmbeddingSpace
 from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from features.taxonomies import relabelled_frames
 from udfs.engine import EngineOptions
-from udfs.model_registry import ResolvedModel
+from udfs.flags import Taxonomy
+from udfs.model_registry import ResolvedModel, local_bundle_dir
+from udfs.relabel import zero_shot_scorer
 from udfs.spark_udf import make_embed_udf
 
 log = logging.getLogger(__name__)
@@ -132,12 +135,19 @@ def next_frame_state(frames: DataFrame, candidates: DataFrame, published: DataFr
 
 def stage_run(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace, plan: RunPlan,
               tables: SpaceTables, flags: Mapping[str, float], *, run_id: str, started: datetime,
-              staging: Path) -> Staged:
+              staging: Path, taxonomy: Taxonomy | None = None) -> Staged:
     """Embed ``plan.todo`` into ``staging``, then stage the next frame state and the video-level
     rows of every affected video (new frames, orphans, stale rows). ``flags``: label → threshold
-    (empty: the model has no flags, no video_flags rows)."""
+    (empty: the model has no flags, no video_flags rows). ``taxonomy``: the space's active
+    taxonomy when it is not the registered one (a relabelled CLIP-like space): the new frames'
+    labels and flags are scored with it from their vectors (:mod:`features.taxonomies`)."""
     candidates, stats, embedded = _embed(spark, cfg, model, space, plan, run_id=run_id, started=started,
                                          staging=staging)
+    if taxonomy is not None and stats.frames_embedded:
+        scorer = zero_shot_scorer(local_bundle_dir(model.source_uri, cfg.storage.model_cache_dir / model.name / model.version),
+                                  taxonomy, top_k=cfg.inference.top_k, what=f"space {space.id}")
+        candidates = delta_writer.write_staging(relabelled_frames(candidates, scorer, run_id=run_id),
+                                                staging / f"{FRAME_EMBEDDINGS.name}_relabelled")
     video_ids = sorted(embedded | set(plan.orphan_videos) | set(plan.stale_videos))
     state = delta_writer.write_staging(next_frame_state(tables.frames, candidates, tables.frame_embeddings, video_ids),
                                        staging / "frame_state")

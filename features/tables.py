@@ -258,6 +258,21 @@ VECTOR_INDEXES = TableDef(
     ]),
 )
 
+TAXONOMIES = TableDef(
+    name="taxonomies",
+    keys=("embedding_space", "taxonomy_version"),
+    comment="The zero-shot taxonomies a CLIP-like space was re-labelled with (catalogfs relabel): what each "
+            "taxonomy_version of the space's label rows means, and what its later embed runs label new frames with.",
+    schema=StructType([
+        _f("embedding_space", StringType(), False),
+        _f("taxonomy_version", StringType(), False),
+        _f("labels", StringType(), False, "JSON: label → [prompt, …] (each label's text embedding is their mean)."),
+        _f("flags", StringType(), False, "JSON: flag label → threshold ({} when the taxonomy has none)."),
+        _f("run_id", StringType(), False, "The relabel run that recorded it first."),
+        _f("recorded_at", TimestampType(), False),
+    ]),
+)
+
 PUBLISHED_TABLES = (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS)
 ALL_TABLES = (FRAMES, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS, FEATURE_VERSIONS,
-              VIDEO_NEIGHBORS, VIDEO_EMBEDDINGS_HISTORY, VECTOR_INDEXES)
+              VIDEO_NEIGHBORS, VIDEO_EMBEDDINGS_HISTORY, VECTOR_INDEXES, TAXONOMIES)

@@ -1,6 +1,7 @@
 """Job: table maintenance — bring ``video_embeddings_history`` up to date (features/history.py), then
-VACUUM every table, keeping its newest versions readable, and remove
-staging folders left by runs that died (older than ``--staging-hours``, default 24).
+VACUUM every table, keeping its newest versions readable, remove staging folders left by runs
+that died (older than ``--staging-hours``, default 24) and old ANN index versions (all but the
+current one and the newest ``index.keep_versions`` of each space and level).
 
     catalogfs maintain [--keep-versions N]        (default: retention.keep_versions)
     spark-submit jobs/maintain.py --conf conf/local.yaml
@@ -14,24 +15,36 @@ data files removed longer ago are deleted.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from catalogfs.config import Config
 from jobs.job_main import run_main
+from features.ann import prune_versions
 from features.history import sync_history
 from features.maintenance import VacuumResult, apply_retention, sweep_staging
 
 
-def run(spark, cfg: Config, *, keep_versions: int | None = None,
-        staging_hours: float = 24.0) -> tuple[list[VacuumResult], list[str]]:
+@dataclass(frozen=True)
+class MaintainResult:
+    tables: list[VacuumResult]
+    staging_removed: list[str]  # run ids whose staging folders were removed
+    index_versions_removed: list[str] = field(default_factory=list)  # <space>/<level>/<index id>
+
+
+def run(spark, cfg: Config, *, keep_versions: int | None = None, staging_hours: float = 24.0) -> MaintainResult:
     sync_history(spark, cfg.storage)  # before VACUUM removes change data the history has not recorded
     results = apply_retention(spark, cfg.storage, keep_versions or cfg.retention.keep_versions)
-    return results, sweep_staging(cfg.storage.staging_dir, older_than_hours=staging_hours)
+    swept = sweep_staging(cfg.storage.staging_dir, older_than_hours=staging_hours)
+    pruned = prune_versions(cfg.storage.indexes_dir, keep=cfg.index.keep_versions)
+    return MaintainResult(results, swept, [str(p.relative_to(cfg.storage.indexes_dir)) for p in pruned])
 
 
-def print_result(outcome: tuple[list[VacuumResult], list[str]], cfg: Config) -> None:
-    results, swept = outcome
-    print(f"maintain: staging folders of dead runs removed: {len(swept)}")
+def print_result(outcome: MaintainResult, cfg: Config) -> None:
+    results = outcome.tables
+    print(f"maintain: staging folders of dead runs removed: {len(outcome.staging_removed)}")
+    print(f"maintain: old index versions removed: {len(outcome.index_versions_removed)} "
+          f"(kept per space and level: the current one and the newest {cfg.index.keep_versions})")
     for r in results:
         print(f"maintain: {r.table}: {r.versions} versions, readable from version "
               f"{r.oldest_readable_version} ({describe(r)})")

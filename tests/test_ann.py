@@ -80,3 +80,24 @@ def test_vector_index_queries_removals_and_the_current_pointer(tmp_path):
     np.testing.assert_allclose([s for _, s in hits], sorted(np.delete(sims, 191), reverse=True)[:5], atol=1e-6)
     with pytest.raises(ann.VectorIndexError, match="not in index v1"):
         served.vector(("v0", 0))
+
+
+def test_prune_keeps_the_current_the_newest_and_builds_in_progress(tmp_path):
+    import os
+
+    now = 1_800_000_000.0
+    level = ann.level_dir(tmp_path, "space_a", "video")
+    ids = [f"2026120{d}T000000-0000000{d}" for d in range(1, 8)]  # oldest first
+    for i, index_id in enumerate(ids):
+        (level / index_id).mkdir(parents=True)
+        (level / index_id / ann.MANIFEST_FILE).write_text("{}")
+        age = 3600 * 24 * (10 - i) if index_id != ids[1] else 60  # ids[1]: a build still writing
+        for path in (level / index_id / ann.MANIFEST_FILE, level / index_id):
+            os.utime(path, (now - age, now - age))
+    ann.set_current(tmp_path, "space_a", "video", ids[2])  # an older version is current (a rollback)
+    (tmp_path / "space_a" / "frame").mkdir()  # a level without versions
+    removed = ann.prune_versions(tmp_path, keep=3, now=now)
+    assert sorted(p.name for p in removed) == [ids[0], ids[3]]
+    assert sorted(p.name for p in level.iterdir() if p.is_dir()) == [ids[1], ids[2], *ids[4:]]
+    assert ann.current_id(tmp_path, "space_a", "video") == ids[2]
+    assert ann.prune_versions(tmp_path, keep=3, now=now) == []

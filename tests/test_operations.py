@@ -31,7 +31,11 @@ def _photos(*ids: str):
 
 @pytest.fixture(scope="module")
 def ops(spark, cfg, tmp_path_factory):
+    # a registry of its own: the tests below count the default model's versions and aliases, which
+    # modules that register models in the session's registry would change (whatever their order)
+    registry = f"sqlite:///{tmp_path_factory.mktemp('ops_registry') / 'mlflow.db'}"
     cfg = with_database(cfg, DATABASE)
+    cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"tracking_uri": registry})})
     videos = tmp_path_factory.mktemp("ops_videos")
     make_sample_videos(videos, seconds=1.5, fps=6, width=160, height=96, photos=_photos("coffee_cup", "flower"))
     extract_frames.run(spark, cfg, input=str(videos))
@@ -41,7 +45,8 @@ def ops(spark, cfg, tmp_path_factory):
 
 
 def _overrides(cfg) -> list[str]:
-    return ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", f"storage.database={DATABASE}"]
+    return ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", f"storage.database={DATABASE}",
+            "--set", f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]
 
 
 def _spaces(spark, cfg) -> set[str]:

@@ -207,3 +207,47 @@ def test_relabel_equals_a_full_re_embed_with_the_new_taxonomy(spark, catalogue, 
     after = embed_frames.run(spark, cfg)
     assert after.plan_scope.startswith("incremental plan") and after.frames_embedded == 0
     assert after.videos_updated == [] and after.forward_passes == 0
+
+
+def test_later_embed_runs_label_new_frames_with_the_relabelled_taxonomy(spark, catalogue, tmp_path_factory):
+    """After the relabel to v2 (test above), an embed run of space A (its model registered with v1)
+    labels a new video with v2: its rows equal those of space B (the model registered with v2), and
+    every label row of the space is of v2. Re-using the version v2 for another taxonomy is refused."""
+    from catalogfs.errors import RelabelError
+    from jobs import embed_frames, extract_frames
+    from jobs.relabel import run as relabel_run
+    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+
+    cfg, space_a, space_b = catalogue
+    recorded = spark.table(cfg.storage.qualified("taxonomies")).collect()
+    assert [(r.embedding_space, r.taxonomy_version, json.loads(r.labels), json.loads(r.flags)) for r in recorded] == [
+        (space_a, "content-v2", TAXONOMY_V2["labels"], TAXONOMY_V2["flags"])]
+
+    videos = tmp_path_factory.mktemp("relabel_more_videos")
+    make_sample_videos(videos, seconds=2.0, fps=6, width=224, height=128,
+                       photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "rocket_launch"))
+    extract_frames.run(spark, cfg, input=str(videos))
+    a = embed_frames.run(spark, cfg)
+    assert a.videos_updated == ["rocket_launch"] and a.space.taxonomy_version == "content-v2"
+    assert embed_frames.run(spark, cfg, model="relabel_clip_v2@champion").videos_updated == ["rocket_launch"]
+
+    def rows(table, space, key):
+        return {tuple(r[k] for k in key): r for r in _table(spark, cfg, table, space) if r["video_id"] == "rocket_launch"}
+
+    for table, key, scores in (("video_labels", ("video_id", "label"), ("score",)),
+                               ("video_flags", ("video_id", "flag"), ("max_score", "threshold")),
+                               ("frame_embeddings", ("video_id", "frame_ts_ms"), ("label_scores", "flag_scores"))):
+        got, want = rows(table, space_a, key), rows(table, space_b, key)
+        assert got.keys() == want.keys() and got, table
+        for k, row in got.items():
+            for column in scores:
+                assert row[column] == pytest.approx(want[k][column], abs=1e-5), (table, k, column)
+            for column in ("labels", "flags", "rank", "flag", "taxonomy_version"):
+                assert row.get(column) == want[k].get(column), (table, k, column)
+    assert {r["taxonomy_version"] for r in _table(spark, cfg, "video_labels", space_a)} == {"content-v2"}
+    assert {r["taxonomy_version"] for r in _table(spark, cfg, "video_flags", space_a)} == {"content-v2"}
+
+    other = tmp_path_factory.mktemp("relabel_other") / "v2_other.yaml"
+    other.write_text(json.dumps({**TAXONOMY_V2, "flags": {"animal": 0.5}}))
+    with pytest.raises(RelabelError, match="'content-v2' is already the taxonomy recorded for space"):
+        relabel_run(spark, cfg, taxonomy=other, dry_run=True)

@@ -90,11 +90,16 @@ class ZeroShotScorer:
         return self.score([None if v is None else v for v in vectors.tolist()]).as_frame()
 
 
+def is_zero_shot(spec: BundleSpec) -> bool:
+    """Whether the bundle's labels are zero-shot over a taxonomy's text embeddings (CLIP-like)."""
+    return spec.family == TRANSFORMERS.name and family(spec.family).options(spec).kind == "clip"
+
+
 def require_zero_shot(spec: BundleSpec, *, what: str) -> None:
     """Refuse a bundle whose labels are not zero-shot over text embeddings (a classifier, a plain
     encoder, the default EfficientNet): :class:`RelabelError` naming ``what`` (the space) and why."""
-    kind = family(spec.family).options(spec).kind
-    if spec.family != TRANSFORMERS.name or kind != "clip":
+    if not is_zero_shot(spec):
+        kind = getattr(family(spec.family).options(spec), "kind", "none")
         raise RelabelError(
             f"{what} cannot be re-labelled from its vectors: its model (family {spec.family}, kind {kind}, labels "
             f"{spec.label_set or 'none'}) is not CLIP-like — its labels come from a classifier head, not from "
