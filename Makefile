@@ -20,7 +20,7 @@ help:
 	@echo "make bench  - the performance harness: our Spark stage vs plain loop, predict_batch_udf, naive UDF (~10 min)"
 	@echo "make bench-serve - commands on their own driver vs through catalogfs serve: sql p50, no-op and +10% runs (8.5 min here)"
 	@echo "make bench-scale - full, no-op and +10% embed runs at 1 000 and 10 000 videos, peak driver/worker memory (13 min here)"
-	@echo "make bench-ann - ANN index vs exact search at 1 M synthetic 1280-d vectors: build, p50/p99, recall@10 (~8 min, ~12 GB RAM)"
+	@echo "make bench-ann - ANN index vs exact search at 1 M synthetic 1280-d vectors, then the real sample space through Spark: build, p50/p99, recall@10 (~12 min, ~13 GB RAM)"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
 	@echo "make clean-data - delete the local data root (tables, registry, samples)"
 

@@ -167,7 +167,7 @@ def run(n: int, dim: int, clusters: int, k: int, n_queries: int, threads: int) -
 
 
 def run_real_space(workdir: Path, *, seconds: float, sample_fps: float, k: int) -> dict:
-    """The real sample space through the product's own path: sample videos made from real photos,
+    """The real sample space through the product's own path: the sample videos made from real photos,
     extracted and embedded by the default model, then ``build_index`` (the Spark build and its
     recall gate) for each level and kind; each index is then loaded as a service loads it
     (:class:`features.ann.VectorIndex`) and every indexed vector is a query, its own row left out,
@@ -240,7 +240,7 @@ def _real_row(spark, cfg, space: str, level: str, kind: str, row_keys: list[tupl
 
 
 def markdown_real(r: dict) -> str:
-    lines = [f"Real sample space {r['space']}: {r['frames_embedded']} frames of the 8 sample videos "
+    lines = [f"Real sample space {r['space']}: {r['frames_embedded']} frames of the {r['rows'][0]['vectors']} sample videos "
              f"({r['seconds_per_video']:.0f} s each, sampled at {r['sample_fps']:g} fps; embed run "
              f"{r['embed_run_seconds']:.1f} s). Every indexed vector is a query, its own row left out.", "",
              "| level | index | vectors | nlist / nprobe | `index build` s (Spark, with its recall gate) | "

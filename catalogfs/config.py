@@ -258,6 +258,9 @@ class IndexConfig(_Section):
     rebuild_drift: float = Field(0.25, ge=0, description=(
         "An incremental build adds changed vectors to the current index until the vectors added since "
         "its quantizer was trained exceed this share of those it was trained on; then it rebuilds."))
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description=(
+        "Where the IVF quantizer's k-means runs: auto (the GPUs when faiss sees one, i.e. a faiss GPU "
+        "build on a GPU driver), cpu, gpu (an error without one)."))
     keep_versions: int = Field(3, ge=1, description=(
         "Index versions kept per space and level by `catalogfs maintain` (the current one is always kept)."))
 

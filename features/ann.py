@@ -56,9 +56,30 @@ def choose_kind(requested: str, n_vectors: int, flat_below: int) -> str:
     return requested
 
 
-def trained_empty_index(kind: str, dim: int, sample: np.ndarray, nlist: int):
+def gpus() -> int:
+    """GPUs faiss can use (0 with faiss-cpu, which has no GPU functions)."""
+    return int(getattr(_faiss(), "get_num_gpus", lambda: 0)())
+
+
+def train_on_gpu(device: str) -> bool:
+    """Whether k-means training runs on the GPUs: ``auto`` when faiss sees one, ``gpu`` always (a
+    clear error without one), ``cpu`` never."""
+    if device == "cpu":
+        return False
+    if device not in ("auto", "gpu"):
+        raise VectorIndexError(f"index.device must be auto, cpu or gpu, got {device!r}")
+    found = gpus()
+    if device == "gpu" and found == 0:
+        raise VectorIndexError("index.device is gpu, but faiss sees no GPU (faiss-cpu is installed, or no CUDA "
+                               "device is visible): install a faiss GPU build on a GPU machine, or set index.device auto")
+    return found > 0
+
+
+def trained_empty_index(kind: str, dim: int, sample: np.ndarray, nlist: int, *, device: str = "cpu"):
     """An empty faiss index ready for ``add_with_ids``: a flat exact index, or an IVF whose coarse
-    quantizer is trained (k-means) on ``sample``."""
+    quantizer is trained (k-means) on ``sample`` — on the GPUs when :func:`train_on_gpu` says so
+    (faiss' ``clustering_index``: the k-means assignments run there; the index itself stays a CPU
+    index, so shards, files and queries are the same either way)."""
     faiss = _faiss()
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -66,6 +87,8 @@ def trained_empty_index(kind: str, dim: int, sample: np.ndarray, nlist: int):
         raise VectorIndexError(f"index.kind must be auto, ivf_flat or flat, got {kind!r}")
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = 1234  # the same sample trains the same quantizer
+    if train_on_gpu(device):
+        index.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim))
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 

@@ -118,7 +118,7 @@ def _train(vectors: DataFrame, cfg: Config, kind: str, n: int, dim: int):
         sample = _stack(rows["embedding"], dim)
         if len(sample) < nlist:
             raise VectorIndexError(f"{len(sample)} training vectors for {nlist} inverted lists: set index.nlist lower")
-    return ann.trained_empty_index(kind, dim, sample, nlist), nlist, len(sample)
+    return ann.trained_empty_index(kind, dim, sample, nlist, device=cfg.index.device), nlist, len(sample)
 
 
 def full_build(spark: SparkSession, cfg: Config, vectors: DataFrame, folder: Path, *, n: int, dim: int):

@@ -101,3 +101,30 @@ def test_prune_keeps_the_current_the_newest_and_builds_in_progress(tmp_path):
     assert sorted(p.name for p in level.iterdir() if p.is_dir()) == [ids[1], ids[2], *ids[4:]]
     assert ann.current_id(tmp_path, "space_a", "video") == ids[2]
     assert ann.prune_versions(tmp_path, keep=3, now=now) == []
+
+
+def test_ann_bench_reports_recall_and_speed_against_exact_search():
+    """The synthetic part of `make bench-ann` at a small size: its recall is measured against its own
+    exact search (a bench that compared an index with itself would report 1.0 whatever it did)."""
+    from bench import ann_bench
+
+    r = ann_bench.run(n=4000, dim=32, clusters=40, k=10, n_queries=100, threads=1)
+    a = r["ivf_flat"]
+    assert a["nprobe"] >= 1 and a["nlist"] == ann.auto_nlist(4000, 100_000)
+    assert 0.9 <= a["recall_at_k"] <= 1.0 and a["nprobe_tuning"][-1][0] == a["nprobe"]
+    assert r["speedup_single_qps"] > 0 and r["exact"]["single"]["queries"] == 20
+    text = ann_bench.markdown(r)
+    assert f"nprobe {a['nprobe']}" in text and "4,000 synthetic 32-d" in text
+
+
+def test_gpu_training_is_asked_for_only_where_faiss_sees_a_gpu():
+    rng = np.random.default_rng(3)
+    sample = _unit(rng, 200, 8)
+    assert ann.gpus() == 0  # faiss-cpu here (CI has no GPU)
+    assert not ann.train_on_gpu("auto") and not ann.train_on_gpu("cpu")
+    with pytest.raises(ann.VectorIndexError, match="index.device is gpu, but faiss sees no GPU"):
+        ann.trained_empty_index("ivf_flat", 8, sample, 4, device="gpu")
+    with pytest.raises(ann.VectorIndexError, match="must be auto, cpu or gpu"):
+        ann.train_on_gpu("cuda")
+    trained = ann.trained_empty_index("ivf_flat", 8, sample, 4, device="auto")
+    assert trained.is_trained and trained.nlist == 4
