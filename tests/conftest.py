@@ -40,6 +40,10 @@ def cfg(data_root: Path) -> Config:
         "samples.width=320",
         "samples.height=180",
         "inference.batch_size=8",
+        # the point-in-time history sync after each publish (a CDF read and a MERGE per run) is
+        # tested where it matters (tests/test_training_set.py turns it on; the jobs run as
+        # processes keep the default, on); elsewhere it only lengthens every embed run
+        "publish.sync_history=false",
     ])
 
 

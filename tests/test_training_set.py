@@ -71,7 +71,8 @@ def _merge_commits(spark, cfg) -> dict[str, tuple[int, datetime]]:
 
 @pytest.fixture(scope="module")
 def timeline(spark, cfg, tmp_path_factory, default_bundle) -> Timeline:
-    cfg = with_database(cfg, DATABASE)
+    cfg = with_database(cfg, DATABASE)  # and the default: the history synced after each publish
+    cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"sync_history": True})})
     videos = tmp_path_factory.mktemp("training_set_videos")
     make_sample_videos(videos, seconds=1.5, fps=4, width=160, height=96,
                        photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id in ("coffee_cup", "flower")))
