@@ -17,6 +17,10 @@ the relabelled ones.
 - An embed run with an active taxonomy other than its bundle's re-scores its new frames' vectors
   with it (:func:`relabelled_frames`, the relabel's own function) before pooling, so its rows equal
   those a relabel would write.
+
+The embed run reads the active taxonomy once, at its start: a relabel of the same space that
+publishes while an embed run is under way leaves that run's new frames in the taxonomy it started
+with (run the relabel after the embed run, as a scheduled job would).
 """
 
 from __future__ import annotations
@@ -74,7 +78,10 @@ def _same(a: Taxonomy, b: Taxonomy) -> bool:
 
 
 def recorded_taxonomy(spark: SparkSession, storage: StorageConfig, space_id: str, version: str) -> Taxonomy | None:
-    """The taxonomy recorded for ``space_id`` under ``version``, or None."""
+    """The taxonomy recorded for ``space_id`` under ``version``, or None (also when the table is not
+    there yet: a data root of an older catalogfs, before its next job creates it)."""
+    if not spark.catalog.tableExists(storage.qualified(TAXONOMIES.name)):
+        return None
     rows = (spark.table(storage.qualified(TAXONOMIES.name))
             .where((F.col("embedding_space") == space_id) & (F.col("taxonomy_version") == version))
             .select("labels", "flags").collect())
@@ -118,7 +125,7 @@ def active_taxonomy(spark: SparkSession, storage: StorageConfig, space: Embeddin
     one ``model`` was registered with (None otherwise, and always for models that are not CLIP-like:
     nothing is read then). ``warning`` when the labels are of a taxonomy that was never recorded (a
     relabel from before the ``taxonomies`` table): new frames then keep the registered taxonomy."""
-    if not is_zero_shot(model.spec):
+    if not is_zero_shot(model.spec) or not spark.catalog.tableExists(storage.qualified(VIDEO_LABELS.name)):
         return None, None
     newest = (spark.table(storage.qualified(VIDEO_LABELS.name)).where(F.col("embedding_space") == space.id)
               .orderBy(F.col("computed_at").desc()).select("taxonomy_version").limit(1).collect())

@@ -251,3 +251,18 @@ def test_later_embed_runs_label_new_frames_with_the_relabelled_taxonomy(spark, c
     other.write_text(json.dumps({**TAXONOMY_V2, "flags": {"animal": 0.5}}))
     with pytest.raises(RelabelError, match="'content-v2' is already the taxonomy recorded for space"):
         relabel_run(spark, cfg, taxonomy=other, dry_run=True)
+
+
+def test_a_taxonomy_relabelled_before_it_was_recorded_warns_and_keeps_the_registered_one(spark, catalogue):
+    """A data root relabelled by a catalogfs without the ``taxonomies`` table (simulated: the table
+    dropped): the next embed run neither fails nor guesses — it warns, names the fix, and the table
+    is created again."""
+    from jobs import embed_frames
+
+    cfg, space_a, _ = catalogue
+    spark.sql(f"DROP TABLE {cfg.storage.qualified('taxonomies')}")
+    result = embed_frames.run(spark, cfg)
+    assert result.frames_embedded == 0 and result.space.taxonomy_version == "content-v1"
+    assert len(result.warnings) == 1 and "taxonomy 'content-v2', which is not recorded" in result.warnings[0]
+    assert "run `catalogfs relabel`" in result.warnings[0]
+    assert spark.table(cfg.storage.qualified("taxonomies")).count() == 0
