@@ -50,11 +50,10 @@ from features.promotion import current_space, published_spaces, space_model
 from features.publish import publish_with_retries
 from features.run_plan import RunPlan, SpaceTables
 from features.spaces import EmbeddingSpace
-from features.staging import bundle_dir
 from features.tables import FRAME_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
 from features.taxonomies import check_taxonomy, record_taxonomy, relabelled_frames
 from udfs.flags import load_taxonomy
-from udfs.model_registry import ModelRef, ResolvedModel, resolve_model
+from udfs.model_registry import ModelRef, ResolvedModel, local_bundle_dir, resolve_model
 from udfs.relabel import ZeroShotScorer, require_zero_shot, zero_shot_scorer
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,8 @@ def relabel_space(spark: SparkSession, cfg: Config, space: str | None, taxonomy_
     model = space_registered_model(spark, cfg, space, client=client)
     target = replace(EmbeddingSpace.for_model(model), taxonomy_version=taxonomy.version)
     check_taxonomy(spark, cfg.storage, model, target.id, taxonomy)  # a version names one taxonomy: exit 2
-    scorer = zero_shot_scorer(bundle_dir(cfg, model), taxonomy, top_k=cfg.inference.top_k, what=f"space {target.id}")
+    bundle = local_bundle_dir(model.source_uri, cfg.storage.model_cache_dir / model.name / model.version)
+    scorer = zero_shot_scorer(bundle, taxonomy, top_k=cfg.inference.top_k, what=f"space {target.id}")
     tables = SpaceTables.read(spark, cfg.storage, target, with_flags=True)
     result = RelabelResult(run_id=run_id, space=target, dry_run=dry_run, previous_taxonomies=sorted(
         r["taxonomy_version"] for r in tables.video_labels.select("taxonomy_version").distinct().collect()))

@@ -88,9 +88,9 @@ def embed_image(spark: SparkSession, cfg: Config, space: str, image: bytes) -> n
 
     from catalogfs.tracking import configure_mlflow
     from features.promotion import space_model
-    from features.staging import bundle_dir, engine_options
+    from features.staging import engine_options
     from udfs.engine import cached_engine
-    from udfs.model_registry import ModelRef, resolve_model
+    from udfs.model_registry import ModelRef, local_bundle_dir, resolve_model
 
     owner = space_model(spark, cfg.storage, space)
     if owner is None:
@@ -98,7 +98,7 @@ def embed_image(spark: SparkSession, cfg: Config, space: str, image: bytes) -> n
     configure_mlflow(cfg)
     model = resolve_model(MlflowClient(), ModelRef(owner.model_name, version=owner.model_version),
                           cache_dir=cfg.storage.model_cache_dir)
-    directory = bundle_dir(cfg, model)
+    directory = local_bundle_dir(model.source_uri, cfg.storage.model_cache_dir / model.name / model.version)
     result = cached_engine(directory, engine_options(cfg)).embed([image])
     if result.embeddings[0] is None:
         raise SimilarityError(f"the image cannot be embedded: {result.statuses[0]}: {result.errors[0]}")

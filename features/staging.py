@@ -67,16 +67,6 @@ def engine_options(cfg: Config) -> EngineOptions:
     return EngineOptions.from_config(cfg.inference)
 
 
-def bundle_dir(cfg: Config, model: ResolvedModel) -> Path:
-    """A local folder holding ``model``'s bundle (its registry URI, or a copy in the model cache)."""
-    return local_bundle_dir(model.source_uri, model_cache(cfg, model))
-
-
-def model_cache(cfg: Config, model: ResolvedModel) -> Path:
-    """Where a copy of ``model``'s bundle is kept when its URI is not a local folder."""
-    return cfg.storage.model_cache_dir / model.name / model.version
-
-
 def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: ResolvedModel,
                              space: EmbeddingSpace, cfg: Config, *, run_id: str,
                              computed_at: datetime, observation=None, frames_done=None) -> DataFrame:
@@ -88,7 +78,7 @@ def compute_frame_candidates(spark: SparkSession, frames: DataFrame, model: Reso
     ran; ``frames_done`` is an optional accumulator (classic sessions only) for live progress.
     """
     udf = make_embed_udf(model.source_uri, engine_options(cfg),
-                         cache_dir=str(model_cache(cfg, model)),
+                         cache_dir=str(cfg.storage.model_cache_dir / model.name / model.version),
                          frames_done=frames_done)
     out = frames.withColumn("_r", udf(F.col("image")))
     if observation is not None:
@@ -154,7 +144,8 @@ def stage_run(spark: SparkSession, cfg: Config, model: ResolvedModel, space: Emb
     candidates, stats, embedded = _embed(spark, cfg, model, space, plan, run_id=run_id, started=started,
                                          staging=staging)
     if taxonomy is not None and stats.frames_embedded:
-        scorer = zero_shot_scorer(bundle_dir(cfg, model), taxonomy, top_k=cfg.inference.top_k, what=f"space {space.id}")
+        scorer = zero_shot_scorer(local_bundle_dir(model.source_uri, cfg.storage.model_cache_dir / model.name / model.version),
+                                  taxonomy, top_k=cfg.inference.top_k, what=f"space {space.id}")
         candidates = delta_writer.write_staging(relabelled_frames(candidates, scorer, run_id=run_id),
                                                 staging / f"{FRAME_EMBEDDINGS.name}_relabelled")
     video_ids = sorted(embedded | set(plan.orphan_videos) | set(plan.stale_videos))

@@ -95,14 +95,14 @@ def check_taxonomy(spark: SparkSession, storage: StorageConfig, model: ResolvedM
     """Refuse (:class:`RelabelError`, exit 2) a taxonomy whose version already names other labels,
     prompts or thresholds, for this space (recorded) or in the model's own bundle; returns the
     recorded one (None when the version is new to the space)."""
-    recorded = recorded_taxonomy(spark, storage, space_id, taxonomy.version)
     for known, where in ((model_taxonomy(model), f"the registered taxonomy of models:/{model.name}/{model.version}"),
-                         (recorded, f"the taxonomy recorded for space {space_id} (table {TAXONOMIES.name})")):
+                         (recorded_taxonomy(spark, storage, space_id, taxonomy.version),
+                          f"the taxonomy recorded for space {space_id} (table {TAXONOMIES.name})")):
         if known is not None and known.version == taxonomy.version and not _same(known, taxonomy):
             raise RelabelError(f"taxonomy version {taxonomy.version!r} is already {where}, with other labels, "
                                f"prompts or flag thresholds: a version names one taxonomy — give this one a new "
                                f"version")
-    return recorded
+    return recorded_taxonomy(spark, storage, space_id, taxonomy.version)
 
 
 def record_taxonomy(spark: SparkSession, storage: StorageConfig, model: ResolvedModel, space_id: str,
@@ -114,7 +114,7 @@ def record_taxonomy(spark: SparkSession, storage: StorageConfig, model: Resolved
     row = spark.createDataFrame([(space_id, taxonomy.version, json.dumps(taxonomy.labels, sort_keys=True),
                                   json.dumps(taxonomy.flags, sort_keys=True), run_id, datetime.now(timezone.utc))],
                                 TAXONOMIES.schema)
-    # two relabels racing to record the same version: one MERGE inserts, the later one replaces the row
+    # two relabels racing to record the same version: one insert, and the other finds it matched
     delta_writer.upsert_rows(spark, storage, TAXONOMIES, row, on=(
         "t.embedding_space = s.embedding_space AND t.taxonomy_version = s.taxonomy_version"))
 
