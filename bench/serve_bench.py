@@ -9,12 +9,19 @@ names each) and the same full extract + embed. Then, per mode:
 * ``incremental``: ``catalogfs extract-frames`` of 10% more videos, then ``catalogfs embed`` of
   their frames (both timed, separately and together).
 
+Then, on the server only (``consumers``), what a JDBC consumer sees: the latency of
+``SELECT count(*) …`` on one beeline connection (as the reader the server made; the statement's
+own time as beeline reports it), ``--repeat`` times while the server is idle and again while an
+embed of as many new videos as the catalogue has runs through the same server (jobs and
+consumers are in separate FAIR pools); and after the server's JVM is SIGKILLed, how long until
+the supervisor of ``serve --detach`` has it answering again, and the first query's latency.
+
 "own driver" runs every command with ``server.use=never`` (each starts its own Spark JVM, as
 before ``catalogfs serve``); "server" starts ``catalogfs serve --detach`` on the second data root
 (its start time is reported) and runs the same commands with ``server.use=always``. Each
 command is a separate process, timed from fork to exit, as a user or a scheduler runs it.
 
-    python bench/serve_bench.py --copies 2 --out bench/results   # 8.5 minutes on 2 cores (make bench-serve)
+    python bench/serve_bench.py --copies 2 --out bench/results   # ~12 minutes on 2 cores (make bench-serve)
     python bench/serve_bench.py --copies 1 --repeat 3          # quicker
 """
 
@@ -109,6 +116,77 @@ def measure(mode: Mode, base: Path, *, copies: int, repeat: int) -> dict:
     return figures
 
 
+def _beeline_latencies(mode: Mode, statements: list[str], folder: Path) -> list[float]:
+    """Each statement's own time on one beeline connection (beeline prints "(0.123 seconds)")."""
+    import re
+
+    import pyspark
+
+    from catalogfs.server_auth import default_reader
+    from catalogfs.server_record import read_record
+
+    user, password = default_reader(mode.root)
+    secret = folder / ".pw"
+    secret.touch(mode=0o600)
+    secret.write_text(password)
+    script = folder / "consumer.sql"
+    script.write_text("".join(f"{statement};\n" for statement in statements))
+    jars = Path(pyspark.__file__).parent / "jars"
+    done = subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u",
+                           read_record(mode.root).jdbc_url, "-n", user, "-w", str(secret), "--outputformat=csv2",
+                           "-f", str(script)], capture_output=True, text=True, timeout=1800)
+    times = [float(t) for t in re.findall(r"\(([0-9.]+) seconds\)", done.stdout + done.stderr)]
+    if done.returncode != 0 or len(times) != len(statements):
+        raise SystemExit(f"beeline: exit {done.returncode}, {len(times)} timings:\n{done.stderr[-3000:]}")
+    return times
+
+
+def consumers(mode: Mode, base: Path, *, copies: int, repeat: int) -> dict:
+    """Consumer latency idle, during an embed through the same server, and after a killed JVM."""
+    from catalogfs.catalog_lock import find_server
+    from catalogfs.config import DEFAULT_CONF_DIR, load_config
+    from catalogfs.server_record import pid_alive, read_record
+
+    folder = base / "consumer"
+    folder.mkdir(exist_ok=True)
+    statements = [QUERY] * repeat
+    figures: dict = {}
+    idle = _beeline_latencies(mode, statements, folder)
+    figures["consumer_idle_p50_s"], figures["consumer_idle_max_s"] = statistics.median(idle), max(idle)
+    new = base / "new-consumers"
+    _videos(new, copies, start=copies + 1)
+    mode.run("extract-frames", "--input", str(new))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "SPARK_CONNECT"))}
+    started = time.perf_counter()
+    job = subprocess.Popen([CATALOGFS, "embed", *mode.overrides, "--set", "server.use=always", "--quiet"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(15)  # past planning: the embed stage's tasks hold the slots
+    busy = _beeline_latencies(mode, statements, folder)
+    finished_during = job.poll() is not None
+    job.communicate(timeout=1800)
+    figures["embed_during_s"] = time.perf_counter() - started
+    figures["consumer_during_embed_p50_s"], figures["consumer_during_embed_max_s"] = statistics.median(busy), max(busy)
+    figures["embed_finished_before_the_queries_did"] = finished_during
+    storage = load_config([], [f"storage.data_root={mode.root}"]).storage
+    record = read_record(mode.root)
+    os.kill(record.jvm_pid, 9)
+    killed = time.perf_counter()
+    while True:
+        server = find_server(storage)
+        if server is not None and server.pid != record.pid and pid_alive(server.jvm_pid):
+            try:
+                first = _beeline_latencies(mode, [QUERY], folder)[0]
+                break
+            except SystemExit:
+                pass
+        if time.perf_counter() - killed > 600:
+            raise SystemExit("the server did not come back within 600 s of its JVM being killed")
+        time.sleep(1)
+    figures["killed_to_answering_s"] = time.perf_counter() - killed
+    figures["first_query_after_restart_s"] = first
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=3, help="copies of the 8 sample videos (default 3: 24 videos)")
@@ -139,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in (own, served):
             print(f"[{mode.name}] measuring …", file=sys.stderr, flush=True)
             results["modes"][mode.name] = measure(mode, base, copies=args.copies, repeat=args.repeat)
+        print("[server] consumers: idle, during an embed, after a killed JVM …", file=sys.stderr, flush=True)
+        results["consumers"] = consumers(served, base, copies=args.copies, repeat=args.repeat)
     finally:
         subprocess.run([CATALOGFS, "serve", "--stop", *served.overrides], capture_output=True, timeout=300)
         shutil.rmtree(base, ignore_errors=True)
@@ -153,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
                        ("incremental_embed_s", "embed of their frames"),
                        ("incremental_total_s", "+10% run (extract + embed)")):
         print(f"| {label} | {a[key]:.2f} | {b[key]:.2f} | {a[key] / b[key]:.1f}x |")
+    c = results["consumers"]
+    print(f"\nJDBC consumer, `{QUERY}` on one connection, p50 (max) of {args.repeat}:")
+    print(f"  idle server: {c['consumer_idle_p50_s']:.2f} s ({c['consumer_idle_max_s']:.2f} s)")
+    print(f"  while an embed of {8 * args.copies} new videos runs through it ({c['embed_during_s']:.0f} s): "
+          f"{c['consumer_during_embed_p50_s']:.2f} s ({c['consumer_during_embed_max_s']:.2f} s) = "
+          f"{c['consumer_during_embed_p50_s'] / c['consumer_idle_p50_s']:.2f}x idle"
+          + (" (the embed ended before the queries did)" if c["embed_finished_before_the_queries_did"] else ""))
+    print(f"  Spark JVM killed: answering again after {c['killed_to_answering_s']:.1f} s (supervised restart), "
+          f"first query {c['first_query_after_restart_s']:.2f} s")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"serve-{datetime.now():%Y%m%d-%H%M%S}.json"

@@ -33,8 +33,14 @@ _FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_p
 
 def metastore_holder(metastore_dir: Path) -> int | None:
     """The pid of the process that has the Derby metastore at ``metastore_dir`` open, or None."""
+    return lock_holder(metastore_dir / LOCK_FILE)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the process that holds a POSIX write lock on the file ``path``, or None (no
+    lock, or no such file). Asks the kernel (``F_GETLK``) without taking the lock."""
     try:
-        fd = os.open(metastore_dir / LOCK_FILE, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR)
     except OSError:  # never booted (no file), or not ours to open: Derby will say so itself
         return None
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from catalogfs.redaction import redact
 from catalogfs.errors import ConfigError  # noqa: F401 (raised here, importable from here)
@@ -265,20 +265,54 @@ class IndexConfig(_Section):
         "Index versions kept per space and level by `catalogfs maintain` (the current one is always kept)."))
 
 
+class TlsConfig(_Section):
+    """TLS of ``catalogfs serve``'s JDBC endpoint (PEM files; both or neither)."""
+
+    cert_file: str = Field("", description="PEM certificate (chain) the JDBC endpoint presents; empty: no TLS.")
+    key_file: str = Field("", description="PEM private key of cert_file (unencrypted; keep it 0600).")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "TlsConfig":
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("server.tls needs both cert_file and key_file (or neither)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
 class ServerConfig(_Section):
     """``catalogfs serve``: one driver that owns the data root's catalogue and serves it over Spark
     Connect (jobs, trusted clients) and HiveServer2 JDBC (SQL tools) on this machine."""
 
     bind_host: str = Field("127.0.0.1", min_length=1, description=(
-        "Address both endpoints listen on. Keep loopback: the JDBC endpoint has no authentication and "
-        "the Connect token travels in plaintext (no TLS)."))
+        "Address the JDBC endpoint listens on. A non-loopback address needs jdbc_auth: password and "
+        "server.tls (the server refuses to start otherwise): passwords must not cross a network in the clear."))
+    connect_bind_host: str = Field("127.0.0.1", min_length=1, description=(
+        "Address the Spark Connect endpoint listens on: loopback only. Spark 4.2's Connect server has no "
+        "TLS, so its token would cross a network in the clear; reach it from another host through an "
+        "SSH tunnel or a TLS proxy on this host."))
     connect_port: int = Field(15002, ge=1, le=65535, description="Spark Connect (gRPC) port.")
     jdbc_port: int = Field(10000, ge=1, le=65535, description="HiveServer2 (JDBC, Thrift binary) port.")
     jdbc_read_only: bool = Field(True, description=(
         "The JDBC endpoint refuses statements that would change the catalogue (DDL, DML, CACHE, ADD JAR, "
         "CREATE FUNCTION …; SELECT, SHOW, DESCRIBE, EXPLAIN, SET and USE pass). Whatever this says, it "
-        "refuses TRANSFORM, reflect and files read by path (catalogfs/jdbc_guard.py). Spark Connect "
-        "clients, who hold the token, may still write."))
+        "refuses TRANSFORM, reflect, files read by path and settings outside its allow-list "
+        "(catalogfs/jdbc_guard.py). false: users with the operator role may write over JDBC (readers "
+        "never). Spark Connect clients, who hold the token, may still write."))
+    jdbc_auth: Literal["password", "none"] = Field("password", description=(
+        "How JDBC clients log in: password (a user and password from users_file; each user is a reader "
+        "or an operator) or none (anyone who reaches the port reads, as a reader; loopback only)."))
+    users_file: str = Field("", description=(
+        "The JDBC users file (mode 0600; `catalogfs serve-users add NAME --role reader|operator`). "
+        "Empty: <data_root>/serve-users. The first start with none makes one with a reader 'reader' "
+        "whose random password is kept in the server record (serve.json, 0600; serve --status "
+        "--show-token prints it)."))
+    tls: TlsConfig = TlsConfig()
+    query_timeout_seconds: float = Field(600.0, ge=0, le=86400, description=(
+        "A JDBC statement still running after this long is cancelled (its tasks are interrupted), so "
+        "one query cannot hold the server's task slots for ever. 0: no limit."))
     token: str = Field("", description=(
         "Pre-shared token that Spark Connect clients must present (sc://localhost:<port>/;token=…). "
         "Empty: a random one is generated at each start and kept in the server record "
@@ -290,6 +324,20 @@ class ServerConfig(_Section):
     start_timeout_seconds: float = Field(300.0, gt=0, le=3600, description=(
         "How long `catalogfs serve --detach` waits for the server to be ready (Spark, both "
         "endpoints, warm-up query) before it gives up and stops it."))
+    # The supervisor of `catalogfs serve --detach` (catalogfs/supervisor.py) restarts a server that
+    # died (its JVM ran out of memory, was killed …) after a back-off, and gives up on a crash loop.
+    restart_max_attempts: int = Field(5, ge=0, le=1000, description=(
+        "How many restarts the supervisor of `serve --detach` makes within restart_window_seconds; the "
+        "next failure in the window gives up (it logs it and leaves state gave_up in "
+        "<data_root>/serve-supervisor.json). 0: never restart."))
+    restart_window_seconds: float = Field(600.0, gt=0, le=86400, description=(
+        "The window in which failures count, for the back-off and for restart_max_attempts: a server "
+        "that stayed up this long starts over at the first delay."))
+    restart_backoff_seconds: float = Field(1.0, gt=0, le=3600, description=(
+        "Delay before the first restart; it doubles with each further failure in the window."))
+    restart_max_backoff_seconds: float = Field(60.0, gt=0, le=3600, description=(
+        "The longest delay between restarts (the doubling stops there; never below "
+        "restart_backoff_seconds)."))
 
     @field_validator("token")
     @classmethod
@@ -300,7 +348,16 @@ class ServerConfig(_Section):
 
     @property
     def loopback(self) -> bool:
-        return self.bind_host in _LOOPBACK or self.bind_host.startswith("127.")
+        """True when the JDBC endpoint listens on loopback only."""
+        return _is_loopback(self.bind_host)
+
+    @property
+    def connect_loopback(self) -> bool:
+        return _is_loopback(self.connect_bind_host)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in _LOOPBACK or host.startswith("127.")
 
 
 class Config(_Section):

@@ -10,7 +10,9 @@ Exit codes (documented in the README):
   4 missing input (no videos, no table, no model, bad SQL) ·
   5 the publish kept losing commit races to concurrent writers, or Delta skipped it (retried; rerun the job) ·
   6 the model registry kept failing (locked database, HTTP 5xx; retried; rerun the job) ·
-  7 the catalogue is in use by another process (the embedded metastore admits one at a time)
+  7 the catalogue is in use by another process (the embedded metastore admits one at a time) ·
+  8 ``catalogfs verify`` found a published table that does not match the lineage (a commit no run
+    made, a missing version, a duplicate key, rows of an unknown space, frames without a row)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ EXIT_INPUT = 4
 EXIT_CONFLICT = 5
 EXIT_UNAVAILABLE = 6
 EXIT_BUSY = 7
+EXIT_INTEGRITY = 8
 
 
 class CatalogfsError(Exception):
@@ -159,6 +162,15 @@ class CatalogBusy(CatalogfsError, RuntimeError):
     """Another process has the data root's embedded catalogue open; the message names it."""
 
     exit_code = EXIT_BUSY
+
+
+# --- 8: the catalogue does not match its lineage ------------------------------------------------
+
+class IntegrityMismatch(CatalogfsError, RuntimeError):
+    """``catalogfs verify`` found mismatches between the published tables and ``feature_versions``;
+    the job printed one MISMATCH line for each (table, version, what is wrong)."""
+
+    exit_code = EXIT_INTEGRITY
 
 
 # --- 1: internal, handled where raised ----------------------------------------------------------

@@ -11,6 +11,10 @@ as local files (``spark.jars``): no Ivy resolution and no Ivy report at start. W
 (set-up never ran) a session falls back to package resolution from Maven Central at every start, as
 ``delta.configure_spark_with_delta_pip`` does, and says once (INFO) how to pre-resolve.
 
+File modes: the data root is created 0700, and the JVM starts with umask 077 and Hadoop's
+``fs.permissions.umask-mode`` 077, so the files it writes (tables, metastore, staging) are 0600 and
+its folders 0700 (:mod:`catalogfs.permissions`).
+
 The JVM's output: pyspark's launcher starts the JVM with its stdout and stderr redirected to
 ``<data_root>/logs/spark-<timestamp>-<pid>.log`` (log4j's console appender, Ivy, the JVM itself and
 the Python workers it forks all write there; conf/log4j2.properties sets the levels). The newest
@@ -34,6 +38,8 @@ from catalogfs.catalog_lock import ensure_catalog_free, find_server
 from catalogfs.config import PROJECT_ROOT, Config
 from catalogfs.errors import ServerUnavailable
 from catalogfs.jars import delta_packages, jars_dir, local_delta_jars
+from catalogfs.permissions import PRIVATE_UMASK_TEXT, ensure_private_dir, private_umask
+from catalogfs.supervisor_state import returning_supervisor
 
 __all__ = ["build_spark", "default_parallelism", "delta_jar_settings", "delta_packages", "is_connect",
            "jvm_log_path", "running_under_spark_submit", "server_session", "session_settings", "write_spark_defaults"]
@@ -94,6 +100,9 @@ def session_settings(cfg: Config) -> dict[str, str]:
         "spark.driver.extraJavaOptions":
             f"-Dderby.system.home={derby_home} -Dlog4j.configurationFile={LOG4J_CONFIG.as_uri()}",
         "spark.jars.ivy": str(cfg.spark.ivy_cache),
+        # Hadoop's file systems set each new file's and folder's mode from this, not the process's
+        # umask (default 022): tables, their logs and staging private to the user, like the rest
+        "spark.hadoop.fs.permissions.umask-mode": PRIVATE_UMASK_TEXT,
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Arrow batches feed the model: keep them near the model batch, not 10,000 JPEGs.
@@ -132,6 +141,7 @@ def build_spark(cfg: Config) -> SparkSession:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must run this interpreter (the project's environment), not the system python3.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    ensure_private_dir(cfg.storage.data_root)
     (cfg.storage.data_root / "derby").mkdir(parents=True, exist_ok=True)
     cfg.storage.warehouse_dir.mkdir(parents=True, exist_ok=True)
     settings = {"spark.app.name": cfg.spark.app_name, **session_settings(cfg)}
@@ -158,11 +168,16 @@ _CLIENT_SETTINGS = ("spark.sql.execution.", "spark.databricks.delta.")
 def server_session(cfg: Config) -> SparkSession | None:
     """A Spark Connect session on the data root's running ``catalogfs serve`` (``server.use``: auto,
     always), or None: no server runs (auto) or ``server.use=never``. Raises
-    :class:`ServerUnavailable` for ``always`` without a server, or when the server does not answer."""
+    :class:`ServerUnavailable` for ``always`` without a server, when the server does not answer, and
+    (auto or always) while the supervisor of ``serve --detach`` starts or restarts it: a driver of
+    our own would take the catalogue and keep the server from coming back."""
     if cfg.server.use == "never" or cfg.spark.managed:
         return None
     server = find_server(cfg.storage)
     if server is None:
+        supervisor = returning_supervisor(cfg.storage.data_root)
+        if supervisor is not None and supervisor.pid != os.getppid():  # (its own server starts here)
+            raise ServerUnavailable(supervisor.client_message())
         if cfg.server.use == "always":
             raise ServerUnavailable(f"server.use=always, but no catalogfs serve is running for "
                                     f"{cfg.storage.data_root}: start one with `catalogfs serve --detach`")
@@ -175,9 +190,12 @@ def server_session(cfg: Config) -> SparkSession | None:
             if key.startswith(_CLIENT_SETTINGS):
                 spark.conf.set(key, value)  # also the first call: it fails at once when the server does not answer
     except Exception as exc:
+        supervised = returning_supervisor(cfg.storage.data_root) is not None
         raise ServerUnavailable(f"the catalogue server of {cfg.storage.data_root} (pid {server.pid}, "
                                 f"{server.redacted_connect_url()}) did not answer: "
-                                f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+                                f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+                                + ("; its supervisor restarts it if it died: retry in a few seconds"
+                                   if supervised else "")) from None
     return spark
 
 
@@ -204,10 +222,13 @@ def _launch_jvm(settings: dict[str, str], storage) -> None:
     if SparkContext._gateway is not None:
         return
     ensure_catalog_free(storage.data_root, storage.metastore_dir)
-    _jvm_log = _new_jvm_log(storage.data_root / "logs")
     conf = SparkConf(loadDefaults=False).setAll(settings.items())
-    with open(_jvm_log, "ab") as out:  # the JVM keeps its own copy of the descriptor
-        gateway = launch_gateway(conf, popen_kwargs={"stdout": out, "stderr": subprocess.STDOUT})
+    # the log, and every table file, the metastore and staging that the JVM and the Python workers
+    # it forks create: private to this user (umask 077, whatever this process's own: a server, a test)
+    with private_umask():
+        _jvm_log = _new_jvm_log(storage.data_root / "logs")
+        with open(_jvm_log, "ab") as out:  # the JVM keeps its own copy of the descriptor
+            gateway = launch_gateway(conf, popen_kwargs={"stdout": out, "stderr": subprocess.STDOUT})
     # What SparkContext(gateway=...) does: the builder below then uses this JVM instead of starting one.
     SparkContext._ensure_initialized(gateway=gateway)
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 from catalogfs.config import Config
+from catalogfs.permissions import ensure_private_dir
 from catalogfs.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def configure_mlflow(cfg: Config) -> str:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    cfg.storage.data_root.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(cfg.storage.data_root)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
     experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)

@@ -174,9 +174,12 @@ def _history(spark: SparkSession, name: str, limit: int | None = None) -> DataFr
 
 def run_commits(spark: SparkSession, storage: StorageConfig, table: str, *, since_version: int = -1,
                 limit: int | None = None) -> list[dict]:
-    """Data commits (MERGE, WRITE, DELETE, UPDATE) of a published table newer than ``since_version``
-    (the newest ``limit`` when given), each ``{"version", "operation", **its commit metadata}`` —
-    how a job proves that its own commit happened (by ``run_id``) instead of trusting that it did."""
+    """Every commit of a published table newer than ``since_version`` (the newest ``limit`` when
+    given), oldest first, each ``{"version", "operation", **its commit metadata}`` — how a job
+    proves that its own commit happened (by ``run_id``) instead of trusting that it did, and how a
+    plan finds commits that no run made. Commits whose operation is null (a commit file without
+    ``commitInfo``, written by hand) are kept, with ``operation`` None; metadata keys never replace
+    ``version`` and ``operation``."""
     history = _history(spark, storage.qualified(table), limit)
     rows = (history.where(F.col("version") > since_version)
             .select("version", "operation", "userMetadata").collect())

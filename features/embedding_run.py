@@ -33,8 +33,8 @@ from expectations.runner import ValidationOutcome
 from features import delta_writer
 from features.audit import Audit, audit_staged
 from features.history import sync_after_publish
-from features.lineage import (Attempt, changed_outside_runs, last_checkpoint, recent_commits, record_lineage,
-                              repair_lineage)
+from features.lineage import (Attempt, changed_outside_runs, history_too_long, last_checkpoint, recent_commits,
+                              record_lineage, repair_lineage)
 from features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
 from features.publish import PublishSkipped, publish_staged
 from features.run_plan import PlanScope, RunPlan, SpaceTables, plan_run, plan_scope
@@ -168,23 +168,34 @@ def prepare_run(spark: SparkSession, cfg: Config, space: EmbeddingSpace, result:
     tables = SpaceTables.read(spark, cfg.storage, space, with_flags=with_flags)
     result.frames_total = tables.frames.count()
     commits = recent_commits(spark, cfg)
-    plan = plan_run(tables, choose_scope(spark, cfg, space, tables, commits, full_plan=full_plan))
-    result.plan_scope = plan.scope.reason
+    # first: a run killed after its MERGEs is recorded, so the plan counts its commits as a run's
     result.recovered_runs = repair_lineage(spark, cfg, space, run_id=result.run_id, recent=commits)
+    plan = plan_run(tables, choose_scope(spark, cfg, space, tables, commits, full_plan=full_plan, result=result))
+    result.plan_scope = plan.scope.reason
     return tables, plan
 
 
 def choose_scope(spark: SparkSession, cfg: Config, space: EmbeddingSpace, tables: SpaceTables,
-                 commits: dict[str, list[dict]], *, full_plan: bool = False) -> PlanScope:
+                 commits: dict[str, list[dict]], *, full_plan: bool = False,
+                 result: EmbedResult | None = None) -> PlanScope:
     """Where the run's plan looks: the videos changed since the space's last complete run
     (:func:`features.run_plan.plan_scope`), or every video when asked (``full_plan``) or when that
-    cannot be shown. ``commits``: the published tables' recent commits (:func:`recent_commits`)."""
+    cannot be shown. ``commits``: the published tables' recent commits (:func:`recent_commits`).
+    A commit that no run made (:func:`features.lineage.changed_outside_runs`) is a WARNING naming
+    the table and version, also among ``result``'s warnings: the full plan restores what it lost."""
     if full_plan:
         scope = PlanScope(None, "full plan: asked for (--full-plan)")
     else:
         checkpoint = last_checkpoint(spark, cfg, space)
+        unsafe = changed_outside_runs(spark, cfg, checkpoint, commits) if checkpoint else None
+        if unsafe and not history_too_long(checkpoint, commits):  # a commit no run made: say so loudly
+            warning = (f"space {space.id}: {unsafe}; its rows may have changed outside catalogfs: taking "
+                       f"the full plan, which restores what was lost")
+            log.warning("%s", warning)
+            if result is not None:
+                result.warnings.append(warning)
         scope = plan_scope(spark, cfg.storage, tables, since=checkpoint.frames_version if checkpoint else None,
-                           unsafe=changed_outside_runs(checkpoint, commits) if checkpoint else None)
+                           unsafe=unsafe)
     log.info("space %s: %s", space.id, scope.reason)
     return scope
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -19,7 +20,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import Config
-from features import delta_writer
+from features import delta_writer, integrity
 from features.spaces import EmbeddingSpace
 from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
 from catalogfs.statuses import RunStatus
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # Commits of each table looked at for runs that never wrote their lineage row: crash repair is
 # about the last few runs, and reading the whole history would grow with the table's age.
 REPAIR_HISTORY = 100
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # MLflow run ids (hex); never a path
 _EVERY_PUBLISH = {FRAME_EMBEDDINGS.name, VIDEO_EMBEDDINGS.name, VIDEO_LABELS.name}
 # A run's own lineage row replaces one a repair wrote for it (never a promotion row).
 _SAME_ATTEMPT = ("t.run_id = s.run_id AND t.embedding_space = s.embedding_space "
@@ -78,13 +80,6 @@ def recent_commits(spark: SparkSession, cfg: Config) -> dict[str, list[dict]]:
             for table in PUBLISHED_TABLES if spark.catalog.tableExists(storage.qualified(table.name))}
 
 
-# Delta operations that change a table's rows; every other one (OPTIMIZE, VACUUM, SET TBLPROPERTIES,
-# ADD CONSTRAINT, ADD COLUMNS, ...) leaves them as they were.
-DATA_OPERATIONS = {"WRITE", "DELETE", "UPDATE", "MERGE", "RESTORE", "TRUNCATE", "STREAMING UPDATE",
-                   "CREATE TABLE AS SELECT", "REPLACE TABLE AS SELECT", "CREATE OR REPLACE TABLE AS SELECT",
-                   "REPLACE TABLE", "CREATE OR REPLACE TABLE"}
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """The space's newest complete run that recorded what it planned on: the next run's plan
@@ -109,17 +104,31 @@ def last_checkpoint(spark: SparkSession, cfg: Config, space: EmbeddingSpace) -> 
     return Checkpoint(r["run_id"], int(r["frames_version"]), json.loads(r["table_versions"] or "{}"))
 
 
-def changed_outside_runs(checkpoint: Checkpoint, commits: dict[str, list[dict]]) -> str | None:
-    """Why the space's published rows may have changed since ``checkpoint`` other than by runs (a
-    DELETE, UPDATE, RESTORE or overwrite someone made by hand, or history too long to tell), or
-    None: every data commit since the checkpoint's own is a run's MERGE."""
+def changed_outside_runs(spark: SparkSession, cfg: Config, checkpoint: Checkpoint,
+                         commits: dict[str, list[dict]]) -> str | None:
+    """Why the space's published rows may have changed since ``checkpoint`` other than by runs, or
+    None: every commit of its tables since the checkpoint's own is provably harmless — a MERGE that
+    a lineage row records, or a metadata-only operation (:func:`features.integrity.commit_problem`).
+    Anything else — a DELETE, UPDATE, RESTORE or overwrite made by hand, a commit with no
+    ``commitInfo``, a MERGE of no recorded run — or history too long to tell is the reason.
+    ``commits``: :func:`recent_commits`, read after :func:`repair_lineage` recorded crashed runs."""
+    too_long = history_too_long(checkpoint, commits)
+    if too_long:
+        return too_long
+    newer = integrity.commits_after(commits, checkpoint.table_versions)
+    recorded = integrity.recorded_commits(spark, cfg.storage, integrity.merge_run_ids(newer))
+    problems = integrity.outside_commits(newer, recorded)
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more such commits)" if len(problems) > 1 else "")
+
+
+def history_too_long(checkpoint: Checkpoint, commits: dict[str, list[dict]]) -> str | None:
+    """Why ``commits`` (the newest :data:`REPAIR_HISTORY` of each table) cannot show every commit
+    since ``checkpoint``, or None."""
     for table, since in sorted(checkpoint.table_versions.items()):
-        newer = [c for c in commits.get(table, []) if c["version"] > since]
         if len(commits.get(table, [])) >= REPAIR_HISTORY and commits[table][0]["version"] > since + 1:
             return f"{table} has more than {REPAIR_HISTORY} commits since version {since}"
-        for c in newer:
-            if c["operation"] in DATA_OPERATIONS and not (c["operation"] == "MERGE" and c.get("run_id")):
-                return f"{table} version {c['version']} is a {c['operation']} not made by a catalogfs run"
     return None
 
 
@@ -127,18 +136,30 @@ def unrecorded_runs(spark: SparkSession, cfg: Config, space: EmbeddingSpace,
                     recent: dict[str, list[dict]] | None = None) -> dict[str, dict[str, int]]:
     """Runs whose MERGE commits into this space's tables (found in the tables' recent history by
     the run id in their commit metadata) have no lineage row: run id → table → version.
-    ``recent``: :func:`recent_commits`, when the caller has read them already."""
+    ``recent``: :func:`recent_commits`, when the caller has read them already.
+
+    Only runs of ours: every embed or relabel run validates before it publishes and leaves its
+    report in ``<reports>/<run_id>/validation``. A MERGE naming a run without one (metadata
+    written by someone else) is not recovered: it is logged, and stays a commit no run made
+    (:func:`changed_outside_runs`)."""
     storage = cfg.storage
     commits: dict[str, dict[str, int]] = {}
     for table, table_commits in (recent if recent is not None else recent_commits(spark, cfg)).items():
         for c in table_commits:
-            if c["operation"] == "MERGE" and c.get("embedding_space") == space.id and c.get("run_id"):
-                commits.setdefault(c["run_id"], {})[table] = c["version"]
+            run = c.get("run_id")
+            if c["operation"] == "MERGE" and c.get("embedding_space") == space.id and isinstance(run, str) and run:
+                commits.setdefault(run, {})[table] = c["version"]
     if not commits:
         return {}
     known = {r["run_id"] for r in spark.table(storage.qualified(FEATURE_VERSIONS.name))
              .where(F.col("run_id").isin(sorted(commits))).select("run_id").collect()}
-    return {run: versions for run, versions in commits.items() if run not in known}
+    missing = {run: versions for run, versions in commits.items() if run not in known}
+    validated = {r for r in missing if _RUN_ID.fullmatch(r) and (storage.reports_dir / r / "validation").is_dir()}
+    for run in sorted(set(missing) - validated):
+        log.warning("MERGE commits naming run %s (%s) have no lineage row, and no run of this data root by that "
+                    "id validated anything: not a catalogfs run, not recovered", run,
+                    ", ".join(f"{t} version {v}" for t, v in sorted(missing.pop(run).items())))
+    return missing
 
 
 def repair_lineage(spark: SparkSession, cfg: Config, space: EmbeddingSpace, *, run_id: str,

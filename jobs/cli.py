@@ -19,8 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "changes": ("jobs.changes", "inserts/updates/deletes of a table since a Delta version (change data feed)"),
     "video-neighbors": ("jobs.video_neighbors", "all-pairs top-k nearest videos of a space → video_neighbors"),
     "maintain": ("jobs.maintain", "VACUUM the tables, keeping the newest retention.keep_versions readable"),
+    "verify": ("jobs.verify", "check every published table against the lineage (versions, commits, keys); exit 8 on a mismatch"),
     "sql": ("jobs.sql", "run a SQL query against the feature catalog and print the result"),
     "serve": ("jobs.serve", "serve the catalogue over Spark Connect and JDBC from one driver (--status, --stop)"),
+    "serve-users": ("jobs.serve_users", "JDBC users of catalogfs serve: add NAME --role reader|operator, remove, list"),
 }
 
 

@@ -2,6 +2,9 @@
 
 Exit codes: :mod:`catalogfs.errors` (each error carries its own; documented in the README).
 
+What a job creates is private to its user: it runs with umask 077, and a data root it creates is
+0700 (:mod:`catalogfs.permissions`).
+
 Every message, log record and traceback is scrubbed of the config's secrets
 (:mod:`catalogfs.redaction`).
 
@@ -23,6 +26,7 @@ from catalogfs.config import Config, load_config
 from catalogfs.errors import (
     EXIT_CONFIG, EXIT_ERROR, EXIT_INPUT, EXIT_OK, CatalogfsError, ConfigError,
 )
+from catalogfs.permissions import ensure_private_dir, private_umask
 from catalogfs.redaction import install_log_redaction, redact, redact_text, secret_values
 
 log = logging.getLogger("catalogfs")
@@ -99,7 +103,8 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     from catalogfs.spark import build_spark, jvm_log_path
 
     earlier_jvm_log = jvm_log_path()
-    code = _run_job(job, args, cfg, build_spark, report, configure, fail, secrets)
+    with private_umask():  # everything the job, its JVM and its workers create: 0600 / 0700
+        code = _run_job(job, args, cfg, build_spark, report, configure, fail, secrets)
     jvm_log = jvm_log_path()
     # The JVM this command started wrote its output there, not to the terminal. (A JVM that was
     # already running in this process, e.g. a test session's, belongs to whoever started it.)
@@ -114,6 +119,7 @@ def _run_job(job, args, cfg: Config, build_spark, report, configure, fail: Calla
     from pyspark.errors import AnalysisException
 
     try:
+        ensure_private_dir(cfg.storage.data_root)
         spark = build_spark(cfg)
         try:
             result = job(spark, cfg, **_job_kwargs(args, configure))

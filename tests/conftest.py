@@ -89,6 +89,7 @@ SLOW_MODULES = frozenset({
 SLOW_TESTS = frozenset({  # <module>::<test function>
     "test_bench.py::test_pipeline_bench_rows_in_their_own_processes",  # 28 s
     "test_bench.py::test_scale_bench_reruns_cost_what_changed",  # two Spark processes, seven small runs
+    "test_integrity.py::test_what_a_job_creates_under_the_data_root_is_private",  # a job in its own JVM, 80-105 s
 })
 
 

@@ -74,15 +74,23 @@ def stop_process_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def beeline_script(jdbc_url: str, folder: Path, statements: list[str]) -> subprocess.CompletedProcess:
-    """Each statement in turn on one connection (a file with --force: a refused one does not stop it)."""
+def beeline_script(jdbc_url: str, folder: Path, statements: list[str], *,
+                   login: tuple[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Each statement in turn on one connection (a file with --force: a refused one does not stop it),
+    logged in as ``login`` (user, password) — the password in a 0600 file (``-w``), not in ``ps``."""
     import pyspark
 
     script = folder / "statements.sql"
     script.write_text("".join(f"{statement};\n" for statement in statements))
     jars = Path(pyspark.__file__).parent / "jars"
+    credentials = []
+    if login is not None:
+        secret = folder / ".beeline-password"
+        secret.touch(mode=0o600)
+        secret.write_text(login[1])
+        credentials = ["-n", login[0], "-w", str(secret)]
     return subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u", jdbc_url,
-                           "--silent=true", "--outputformat=csv2", "--force=true", "-f", str(script)],
+                           *credentials, "--silent=true", "--outputformat=csv2", "--force=true", "-f", str(script)],
                           capture_output=True, text=True, timeout=180, env=server_env())
 
 

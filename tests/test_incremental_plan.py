@@ -58,7 +58,7 @@ def _plans(spark, cfg, space):
     tables = SpaceTables.read(spark, cfg.storage, space, with_flags=False)  # the default model has no flags
     checkpoint = last_checkpoint(spark, cfg, space)
     scope = plan_scope(spark, cfg.storage, tables, since=checkpoint.frames_version,
-                       unsafe=changed_outside_runs(checkpoint, recent_commits(spark, cfg)))
+                       unsafe=changed_outside_runs(spark, cfg, checkpoint, recent_commits(spark, cfg)))
     return scope, plan_run(tables, scope), plan_run(tables, PlanScope(None, "full"))
 
 

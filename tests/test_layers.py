@@ -3,7 +3,7 @@ downwards, no module cycle exists, the engine stays free of Spark, and functions
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-0. ``catalogfs`` leaf utilities: errors, statuses, config, redaction, failpoints, progress;
+0. ``catalogfs`` leaf utilities: errors, statuses, config, redaction, failpoints, progress, file modes;
 1. ``catalogfs`` platform adapters: the Spark builder, MLflow tracking, the Delta jars;
 2. ``udfs`` (the inference engine) and ``expectations`` (the suites) — neither imports the other;
 3. ``features`` (tables, the write-audit-publish run);
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("catalogfs", "udfs", "expectations", "features", "jobs")
 LEAF = {"catalogfs.errors", "catalogfs.statuses", "catalogfs.config", "catalogfs.redaction",
-        "catalogfs.failpoints", "catalogfs.progress"}
+        "catalogfs.failpoints", "catalogfs.progress", "catalogfs.permissions"}
 # udfs modules that may touch Spark: the pandas UDF wrapper only
 SPARK_IN_UDFS = {"udfs.spark_udf"}
 MAX_FUNCTION_LINES = 60

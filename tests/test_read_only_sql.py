@@ -91,3 +91,28 @@ def test_the_command_exits_2_and_operators_can_write(spark, cfg, table, capsys):
     assert sql.main([*overrides, "--allow-writes", f"INSERT INTO {T} VALUES (3, 'c')"]) == 0
     assert [r.label for r in spark.table(T).orderBy("x").collect()] == ["a", "b", "c"]
     assert sql.main([*overrides, "SELEC nonsense"]) == 4  # a parse error is the input's, as before
+
+
+BEYOND = [
+    ("SELECT TRANSFORM(1) USING 'touch {marker}' AS (x STRING)", "TRANSFORM"),
+    ("SELECT reflect('java.lang.System', 'getProperty', 'user.name') AS u", "reflect"),
+    (f"SELECT x FROM {T} WHERE EXISTS (SELECT java_method('java.lang.System', 'getenv', 'HOME'))", "reflect"),
+    ("SELECT * FROM text.`/etc/hostname`", "files read by path"),
+    ("SELECT * FROM text.`/no/such/file`", "files read by path"),
+    ("SELECT * FROM json.`relative/path`", "files read by path"),
+    ("SELECT * FROM IDENTIFIER('delta.`/tmp`')", "files read by path"),
+]
+
+
+@pytest.mark.parametrize("statement,what", BEYOND)
+def test_what_reaches_beyond_the_catalogue_is_refused_before_analysis(spark, cfg, table, statement, what, tmp_path,
+                                                                       capsys):
+    """On the command's own driver: refused on the parsed plan (exit 2), so an existing and a missing
+    path get the same answer, and TRANSFORM's command never runs."""
+    marker = tmp_path / "touched"
+    code = sql.main(["--set", f"storage.data_root={cfg.storage.data_root}", statement.format(marker=marker)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert what in err and "nothing was run" in err and "reaches beyond" in err
+    assert "PATH_NOT_FOUND" not in err and "does not exist" not in err.lower()
+    assert not marker.exists()

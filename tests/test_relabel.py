@@ -203,7 +203,7 @@ def test_relabel_equals_a_full_re_embed_with_the_new_taxonomy(spark, catalogue, 
 
     # The next embed run: the relabel's commits count as a run's, the plan stays incremental, nothing to do.
     checkpoint = last_checkpoint(spark, cfg, SimpleNamespace(id=space_a))  # the last embed run's
-    assert checkpoint is not None and changed_outside_runs(checkpoint, recent_commits(spark, cfg)) is None
+    assert checkpoint is not None and changed_outside_runs(spark, cfg, checkpoint, recent_commits(spark, cfg)) is None
     after = embed_frames.run(spark, cfg)
     assert after.plan_scope.startswith("incremental plan") and after.frames_embedded == 0
     assert after.videos_updated == [] and after.forward_passes == 0

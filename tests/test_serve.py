@@ -27,6 +27,7 @@ import pytest
 from catalogfs.catalog_lock import find_server, metastore_holder
 from catalogfs.config import DEFAULT_CONF_DIR, load_config
 from catalogfs.redaction import redact
+from catalogfs.server_auth import default_reader
 from catalogfs.server_record import ServerRecord, descends_from, pid_alive, read_record, record_path, write_record
 from tests.helpers import beeline_csv_lines as _csv_lines, beeline_script as _beeline_script, free_ports as _free_ports
 from tests.helpers import server_env as _env, stop_process_group as _stop_for_good, wait_until_served as _wait_until_ready
@@ -98,20 +99,24 @@ def server(tmp_path_factory):
         _stop_for_good(proc)
 
 
-def _beeline(jdbc_url: str, query: str) -> subprocess.CompletedProcess:
-    """beeline from pyspark's jars (found through pyspark.__file__: .venv has no jars of its own)."""
+def _beeline(server: "Server", query: str) -> subprocess.CompletedProcess:
+    """beeline from pyspark's jars (found through pyspark.__file__: .venv has no jars of its own),
+    logged in as the reader the server made at its first start."""
     import pyspark
 
     jars = Path(pyspark.__file__).parent / "jars"
-    return subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u", jdbc_url,
+    user, password = default_reader(server.root)
+    return subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u",
+                           server.record().jdbc_url, "-n", user, "-p", password,
                            "--silent=true", "--outputformat=csv2", "-e", query],
                           capture_output=True, text=True, timeout=180, env=_env())
 
 
 def _refusals(done: subprocess.CompletedProcess) -> list[str]:
     """What the guard said, one entry per refused statement, in order."""
-    return [re.search(r"catalogfs: the JDBC endpoint (.*)", line)[1].split(" (write through")[0]
-            for line in done.stderr.splitlines() if line.startswith("Error:") and "catalogfs: the JDBC" in line]
+    return [re.search(r"catalogfs: (the JDBC endpoint|session setting) (.*)", line)[2].split(" (write through")[0]
+            .split(" for consumers")[0]
+            for line in done.stderr.splitlines() if line.startswith("Error:") and "catalogfs: " in line]
 
 
 # --- one server, its clients, and its stop (in this order) --------------------------------------
@@ -150,7 +155,7 @@ def test_a_connect_client_creates_a_delta_table_and_reads_it_back(server):
 
 
 def test_beeline_reads_the_same_rows_over_jdbc(server):
-    done = _beeline(server.record().jdbc_url, "SELECT k, v FROM served.items ORDER BY k")
+    done = _beeline(server, "SELECT k, v FROM served.items ORDER BY k")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in _csv_lines(done) if re.fullmatch(r"k,v|\d+,\w+", line)]
     assert lines[0] == "k,v"
@@ -158,7 +163,7 @@ def test_beeline_reads_the_same_rows_over_jdbc(server):
 
 
 def test_the_jdbc_endpoint_is_read_only(server, tmp_path):
-    done = _beeline_script(server.record().jdbc_url, tmp_path, [
+    done = _beeline_script(server.record().jdbc_url, tmp_path, login=default_reader(server.root), statements=[
         "DROP TABLE served.items", "INSERT INTO served.items VALUES (9, 'nine')",
         "CREATE TABLE served.other (k INT) USING delta", "CACHE TABLE served.items",
         "SELECT count(*) AS n FROM served.items", "SHOW TABLES IN served", "SET spark.sql.shuffle.partitions=3"])
@@ -176,7 +181,7 @@ def test_the_jdbc_endpoint_refuses_what_reaches_beyond_the_catalogue(server, tmp
     secret = tmp_path / "secret.txt"
     secret.write_text("not-for-jdbc-clients\n")
     items = server.root / "warehouse" / "served.db" / "items"
-    done = _beeline_script(server.record().jdbc_url, tmp_path, [
+    done = _beeline_script(server.record().jdbc_url, tmp_path, login=default_reader(server.root), statements=[
         "SELECT TRANSFORM(1) USING 'id' AS (x STRING)",
         "SELECT reflect('java.lang.System', 'getProperty', 'user.name') AS u",
         "SELECT k FROM served.items WHERE EXISTS (SELECT try_reflect('java.lang.Integer', 'valueOf', '1'))",
@@ -189,7 +194,7 @@ def test_the_jdbc_endpoint_refuses_what_reaches_beyond_the_catalogue(server, tmp
                                "refuses reflect / java_method / try_reflect",
                                "refuses files read by path (only tables of the catalogue)",
                                "refuses files read by path (only tables of the catalogue)",
-                               "refuses SET spark.sql.catalog… (catalog plugins)"], done.stderr[-3000:]
+                               "spark.sql.catalog.mine is not allowed"], done.stderr[-3000:]
     lines = _csv_lines(done)
     assert lines[lines.index("answer") + 1] == "42"  # the connection stays usable
     assert "not-for-jdbc-clients" not in done.stdout and "uid=" not in done.stdout
@@ -266,14 +271,18 @@ def test_stop_stops_the_server_and_leaves_nothing(server):
 
 @pytest.fixture
 def detached(server):
-    """Whatever a --detach start left running is killed at the end (its process group: it leads its session)."""
+    """Whatever a --detach start left running is killed at the end: its supervisor's process group
+    (it leads its session; the server is in it), and the server itself."""
     yield
-    record = read_record(server.root)
-    if record is not None and pid_alive(record.pid):
-        try:
-            os.killpg(record.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    from catalogfs.supervisor_state import read_state
+
+    supervisor, record = read_state(server.root), read_record(server.root)
+    for pid, kill in ((supervisor and supervisor.pid, os.killpg), (record and record.pid, os.kill)):
+        if pid and pid_alive(pid):
+            try:
+                kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_detach_restarts_it_and_jdbc_reads_first_after_a_restart(server, detached, tmp_path):
@@ -286,7 +295,8 @@ def test_detach_restarts_it_and_jdbc_reads_first_after_a_restart(server, detache
     assert f"started in the background (pid {record.pid})" in done.stdout and record.token not in done.stdout
     assert find_server(server.storage) == record and record.pid != server.proc.pid
     assert (server.root / "logs" / "serve.log").read_text().count("serving ") == 1
-    read = _beeline_script(record.jdbc_url, tmp_path, ["SELECT count(*) AS n, sum(k) AS total FROM served.items"])
+    read = _beeline_script(record.jdbc_url, tmp_path, ["SELECT count(*) AS n, sum(k) AS total FROM served.items"],
+                           login=default_reader(server.root))
     assert read.returncode == 0 and _refusals(read) == [], read.stderr[-3000:]
     lines = _csv_lines(read)
     assert lines[lines.index("n,total") + 1] == "3,6"
@@ -392,24 +402,29 @@ def test_server_settings_add_to_the_jobs_settings():
     assert names[3] == "catalogfs-jdbc-guard.jar" and Path(classpath[3]).is_file()
     assert settings["spark.connect.grpc.binding.port"] == "15100"
     assert settings["spark.hadoop.hive.server2.thrift.port"] == "15101"
-    assert not any("token" in key for key in settings)  # the token goes through the JVM's environment
+    assert settings["spark.catalogfs.connect.tokenHashFile"].endswith(".serve/connect-token.sha256")  # its hash only
+    assert settings["spark.sql.variable.substitute"] == "false" and settings["spark.scheduler.mode"] == "FAIR"
+    assert settings["spark.hadoop.hive.server2.authentication"] == "CUSTOM"
 
 
 def test_the_guard_is_compiled_once_per_source(tmp_path):
     import zipfile
 
     from catalogfs.errors import ConfigError
-    from catalogfs.jdbc_guard import GUARD_SOURCE, guard_jar
+    import shutil
 
-    source = tmp_path / "src" / GUARD_SOURCE.name
-    source.parent.mkdir()
-    source.write_text(GUARD_SOURCE.read_text())
-    jar = guard_jar(tmp_path / "ivy", source)
-    assert "catalogfs/JdbcGuardExtension.class" in zipfile.ZipFile(jar).namelist()
+    from catalogfs.jdbc_guard import GUARD_SOURCES, guard_jar
+
+    sources = tmp_path / "src"
+    shutil.copytree(GUARD_SOURCES, sources)
+    jar = guard_jar(tmp_path / "ivy", sources)
+    names = zipfile.ZipFile(jar).namelist()
+    assert "catalogfs/JdbcGuardExtension.class" in names and "catalogfs/GuardedThriftServer.class" in names
     built = jar.stat().st_mtime_ns
-    assert guard_jar(tmp_path / "ivy", source) == jar and jar.stat().st_mtime_ns == built  # found, not rebuilt
-    source.write_text(GUARD_SOURCE.read_text().replace("return BoxedUnit.UNIT;", "return null", 1))
+    assert guard_jar(tmp_path / "ivy", sources) == jar and jar.stat().st_mtime_ns == built  # found, not rebuilt
+    source = sources / "JdbcGuardExtension.java"
+    source.write_text(source.read_text().replace("return BoxedUnit.UNIT;", "return null", 1))
     with pytest.raises(ConfigError, match="did not compile"):
-        guard_jar(tmp_path / "ivy", source)
+        guard_jar(tmp_path / "ivy", sources)
     assert [p.name for p in (tmp_path / "ivy" / "local-jars").iterdir() if not p.name.startswith(".")] == [
         jar.parent.name]  # the failed build left nothing behind

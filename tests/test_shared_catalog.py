@@ -28,6 +28,7 @@ from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from tests.helpers import (
     beeline_csv_lines, beeline_script, free_ports, server_env, stop_process_group, wait_until_served, with_database,
 )
+from catalogfs.server_auth import default_reader
 from catalogfs.server_record import read_record
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -157,15 +158,17 @@ def test_jobs_through_the_server_write_what_they_write_on_their_own(spark, cfg, 
 class _JdbcReader(threading.Thread):
     """beeline runs (one JVM, one connection, a few statements each) until ``stop`` is set."""
 
-    def __init__(self, url: str, folder: Path, stop: threading.Event) -> None:
+    def __init__(self, url: str, folder: Path, stop: threading.Event, login: tuple[str, str] | None) -> None:
         super().__init__(daemon=True)
         self.url, self.folder, self.stop, self.reads, self.errors = url, folder, stop, [], []
+        self.login = login  # the reader the server made at its first start
         folder.mkdir(parents=True, exist_ok=True)
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                done = beeline_script(self.url, self.folder, [q for q in READS.values() for _ in range(2)])
+                done = beeline_script(self.url, self.folder, [q for q in READS.values() for _ in range(2)],
+                                      login=self.login)
             except subprocess.TimeoutExpired as exc:
                 self.errors.append(f"beeline timed out: {exc}")
                 continue
@@ -231,7 +234,8 @@ def test_readers_see_whole_snapshots_while_jobs_publish_and_promote(served, defa
     connect = [subprocess.Popen([sys.executable, "-c", CONNECT_READER, record.connect_url, str(stop_file), str(out),
                                  json.dumps(READS)], env=server_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for out in connect_outputs]
-    jdbc = [_JdbcReader(record.jdbc_url, served.base / f"jdbc-{i}", stop) for i in range(2)]
+    jdbc = [_JdbcReader(record.jdbc_url, served.base / f"jdbc-{i}", stop, default_reader(served.root))
+            for i in range(2)]
     try:
         for reader in jdbc:
             reader.start()
