@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
+import tempfile
 from typing import Iterator
 
 PRIVATE_UMASK = 0o077
@@ -49,4 +50,24 @@ def ensure_private_dir(path: Path) -> Path:
     except FileExistsError:  # another process created it first: theirs to set
         return path
     path.chmod(PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+    return path
+
+
+def write_private(path: Path, data: str | bytes) -> Path:
+    """Replace ``path`` with ``data``, atomically and 0600 from its first byte (a temporary file in
+    the same folder, synced, then renamed over it); a missing folder is made 0700. Returns ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

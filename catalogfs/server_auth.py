@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 import hashlib
 import hmac
-import os
 from pathlib import Path
 import re
 import secrets
 
 from catalogfs.errors import ConfigError
+from catalogfs.permissions import write_private
 
 ROLES = ("reader", "operator")
 SCHEME = "pbkdf2-sha256"
@@ -76,13 +76,8 @@ def read_users(path: Path) -> dict[str, tuple[str, str]]:
 
 def write_users(path: Path, users: dict[str, tuple[str, str]]) -> None:
     """Replace the file (0600 from its first byte; atomic rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("# catalogfs serve: JDBC users (name:role:pbkdf2-sha256:iterations:salt:hash)\n")
-        out.writelines(f"{name}:{role}:{hashed}\n" for name, (role, hashed) in users.items())
-    os.replace(staging, path)
+    lines = [f"{name}:{role}:{hashed}\n" for name, (role, hashed) in users.items()]
+    write_private(path, "# catalogfs serve: JDBC users (name:role:pbkdf2-sha256:iterations:salt:hash)\n" + "".join(lines))
 
 
 def add_user(path: Path, name: str, role: str, password: str) -> None:
@@ -125,7 +120,7 @@ def ensure_users_file(cfg) -> str | None:
         return None
     password = secrets.token_urlsafe(18)
     add_user(path, DEFAULT_READER, "reader", password)
-    _write_private(default_password_file(cfg.storage.data_root), f"{DEFAULT_READER}:{password}\n")
+    write_private(default_password_file(cfg.storage.data_root), f"{DEFAULT_READER}:{password}\n")
     return password
 
 
@@ -138,13 +133,6 @@ def default_reader(data_root: Path) -> tuple[str, str] | None:
     return user, password
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-
-
 def token_hash_file(data_root: Path) -> Path:
     return data_root / ".serve" / "connect-token.sha256"
 
@@ -152,5 +140,5 @@ def token_hash_file(data_root: Path) -> Path:
 def write_token_hash(data_root: Path, token: str) -> Path:
     """The Connect token's SHA-256 (hex) in a 0600 file, for the server's token check."""
     path = token_hash_file(data_root)
-    _write_private(path, hashlib.sha256(token.encode()).hexdigest() + "\n")
+    write_private(path, hashlib.sha256(token.encode()).hexdigest() + "\n")
     return path

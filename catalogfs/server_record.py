@@ -22,10 +22,12 @@ import fcntl
 import json
 import os
 from pathlib import Path
-import tempfile
-from typing import Iterator
+from typing import Any, Iterator, TypeVar
 
 from catalogfs.errors import CatalogBusy
+from catalogfs.permissions import write_private
+
+R = TypeVar("R")
 
 RECORD_NAME = "serve.json"
 RECORD_VERSION = 1
@@ -54,45 +56,48 @@ def record_path(data_root: Path) -> Path:
     return Path(data_root) / RECORD_NAME
 
 
-def write_record(data_root: Path, record: ServerRecord) -> Path:
-    """Write ``record`` atomically (a 0600 temporary file renamed over the record); returns its path."""
-    path = record_path(data_root)
-    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_NAME}.", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(asdict(record), out, indent=1)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_json_record(path: Path, record: Any) -> Path:
+    """Write the dataclass ``record`` as JSON, atomically and 0600 (it may hold a secret)."""
+    return write_private(path, json.dumps(asdict(record), indent=1) + "\n")
 
 
-def read_record(data_root: Path) -> ServerRecord | None:
-    """The record under ``data_root``, or None when there is none (or it is not a record we can read)."""
+def read_json_record(path: Path, kind: type[R]) -> R | None:
+    """The ``kind`` record in ``path`` (unknown keys ignored), or None when there is none or it
+    cannot be read."""
     try:
-        data = json.loads(record_path(data_root).read_text())
-        known = {f.name for f in fields(ServerRecord)}
-        return ServerRecord(**{k: v for k, v in data.items() if k in known})
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(kind)}
+        return kind(**{k: v for k, v in data.items() if k in known})
     except (OSError, ValueError, TypeError):
         return None
 
 
-def remove_record(data_root: Path, *, pid: int | None = None) -> bool:
+def remove_json_record(path: Path, kind: type, *, pid: int | None = None) -> bool:
     """Remove the record (only if it is ``pid``'s, when given). True when a file was removed."""
     if pid is not None:
-        record = read_record(data_root)
+        record = read_json_record(path, kind)
         if record is not None and record.pid != pid:
             return False
     try:
-        record_path(data_root).unlink()
+        Path(path).unlink()
     except FileNotFoundError:
         return False
     return True
+
+
+def write_record(data_root: Path, record: ServerRecord) -> Path:
+    """Write ``record`` atomically (0600: it holds the token); returns its path."""
+    return write_json_record(record_path(data_root), record)
+
+
+def read_record(data_root: Path) -> ServerRecord | None:
+    """The record under ``data_root``, or None when there is none (or it is not a record we can read)."""
+    return read_json_record(record_path(data_root), ServerRecord)
+
+
+def remove_record(data_root: Path, *, pid: int | None = None) -> bool:
+    """Remove the record (only if it is ``pid``'s, when given). True when a file was removed."""
+    return remove_json_record(record_path(data_root), ServerRecord, pid=pid)
 
 
 def pid_alive(pid: int) -> bool:

@@ -32,7 +32,6 @@ added (docs/design/shared-catalog.md, section 1, has how each was verified):
 from __future__ import annotations
 
 import errno
-import os
 import secrets
 import socket
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 from catalogfs.config import Config, ServerConfig
 from catalogfs.errors import ConfigError
 from catalogfs.jars import local_delta_jars
+from catalogfs.permissions import write_private
 from catalogfs.jdbc_guard import (
     GUARD_CLASS, READ_ONLY_KEY, TOKEN_HASH_FILE_KEY, TOKEN_INTERCEPTOR_CLASS,
     USERS_FILE_KEY, guard_jar,
@@ -100,10 +100,7 @@ def scheduler_pools_file(data_root: Path) -> Path:
 
 def write_scheduler_pools(data_root: Path) -> Path:
     """The FAIR scheduler's pools (jobs, consumers) in ``<data_root>/.serve/fairscheduler.xml``."""
-    path = scheduler_pools_file(data_root)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(_POOLS)
-    return path
+    return write_private(scheduler_pools_file(data_root), _POOLS)
 
 
 def prepare_credentials(cfg: Config, token: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -160,12 +157,7 @@ def write_keystore(tls, folder: Path) -> tuple[Path, str]:
     password = secrets.token_urlsafe(24)  # never on a command line: start_jdbc sets it in the JVM
     blob = pkcs12.serialize_key_and_certificates(b"catalogfs", key, certs[0], certs[1:] or None,
                                                  BestAvailableEncryption(password.encode()))
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / "jdbc-keystore.p12"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(blob)
-    return path, password
+    return write_private(folder / "jdbc-keystore.p12", blob), password
 
 
 def server_settings(cfg: Config) -> dict[str, str]:

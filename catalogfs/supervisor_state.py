@@ -25,18 +25,16 @@ supervisor leaves its record, and pids are reused): the supervisor holds a POSIX
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 import fcntl
-import json
-import os
 from pathlib import Path
 import signal
-import tempfile
 from typing import Iterator
 
 from catalogfs.catalog_lock import lock_holder
 from catalogfs.errors import CatalogBusy
+from catalogfs.server_record import read_json_record, remove_json_record, write_json_record
 
 STATE_NAME = "serve-supervisor.json"
 LOCK_NAME = "serve-supervisor.lock"
@@ -122,44 +120,18 @@ def state_path(data_root: Path) -> Path:
 
 
 def write_state(data_root: Path, state: SupervisorState) -> Path:
-    """Write ``state`` atomically (a 0600 temporary file renamed over the record); returns its path."""
-    path = state_path(data_root)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_NAME}.", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(asdict(state), out, indent=1)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` atomically (0600); returns its path."""
+    return write_json_record(state_path(data_root), state)
 
 
 def read_state(data_root: Path) -> SupervisorState | None:
     """The record under ``data_root``, or None (none, or not one we can read)."""
-    try:
-        data = json.loads(state_path(data_root).read_text())
-        known = {f.name for f in fields(SupervisorState)}
-        return SupervisorState(**{k: v for k, v in data.items() if k in known})
-    except (OSError, ValueError, TypeError):
-        return None
+    return read_json_record(state_path(data_root), SupervisorState)
 
 
 def remove_state(data_root: Path, *, pid: int | None = None) -> bool:
     """Remove the record (only if it is ``pid``'s, when given). True when a file was removed."""
-    if pid is not None:
-        state = read_state(data_root)
-        if state is not None and state.pid != pid:
-            return False
-    try:
-        state_path(data_root).unlink()
-    except FileNotFoundError:
-        return False
-    return True
+    return remove_json_record(state_path(data_root), SupervisorState, pid=pid)
 
 
 def live_supervisor(data_root: Path) -> SupervisorState | None:
