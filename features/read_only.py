@@ -39,6 +39,7 @@ FILE_FORMATS = {"text", "csv", "json", "parquet", "orc", "avro", "delta", "binar
                 "jdbc", "noop", "file", "hive"}
 REFLECTION_FUNCTIONS = {"reflect", "java_method", "try_reflect"}
 PATHS = "files read by path (only tables of the catalogue)"
+IDENTIFIER_CLAUSE = {"PlanWithUnresolvedIdentifier", "ExpressionWithUnresolvedIdentifier"}  # IDENTIFIER('…')
 
 _WRITING = ("org.apache.spark.sql.catalyst.plans.logical.Command",
             "org.apache.spark.sql.catalyst.plans.logical.ParsedStatement",
@@ -92,7 +93,7 @@ def beyond_the_catalogue(spark: SparkSession, statement: str) -> str | None:
             name = expression.getClass().getSimpleName()
             if name == "UnresolvedFunction" and _seq(expression.nameParts())[-1].lower() in REFLECTION_FUNCTIONS:
                 return "reflect / java_method / try_reflect"
-            if "UnresolvedIdentifier" in name:
+            if name in IDENTIFIER_CLAUSE:
                 return f"{PATHS}: IDENTIFIER(…) is not allowed"
             if subquery.isInstance(expression):  # EXISTS, IN, scalar subqueries: their own plans
                 pending_plans.append(expression.plan())
@@ -111,7 +112,7 @@ def _node_beyond(node) -> str | None:
     name = node.getClass().getSimpleName()
     if name == "ScriptTransformation":
         return "TRANSFORM … USING (an external process)"
-    if "UnresolvedIdentifier" in name:
+    if name in IDENTIFIER_CLAUSE:  # not UnresolvedIdentifier: every DDL target is one
         return f"{PATHS}: IDENTIFIER(…) is not allowed"
     if name == "UnresolvedRelation":
         parts = _seq(node.multipartIdentifier())

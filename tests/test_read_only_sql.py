@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from catalogfs.errors import ReadOnlyRefused
-from features.read_only import require_read_only, writing_node
+from features.read_only import beyond_the_catalogue, require_read_only, writing_node
 from jobs import sql
 
 DB = "readonly_features"
@@ -76,7 +76,13 @@ def test_writes_are_refused_and_change_nothing(spark, table, statement):
 @pytest.mark.parametrize("statement", READ)
 def test_reads_pass(spark, table, statement):
     assert writing_node(spark, statement) is None
+    require_read_only(spark, statement)  # nor beyond the catalogue
     spark.sql(statement).collect()
+
+
+@pytest.mark.parametrize("statement", REFUSED)
+def test_writes_are_refused_as_writes_not_as_paths(spark, table, statement):
+    assert beyond_the_catalogue(spark, statement) is None
 
 
 def test_the_command_exits_2_and_operators_can_write(spark, cfg, table, capsys):

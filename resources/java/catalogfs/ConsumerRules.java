@@ -61,6 +61,9 @@ final class ConsumerRules {
     static final Set<String> REFLECTION_FUNCTIONS = Set.of("reflect", "java_method", "try_reflect");
     static final Set<String> REFLECTION = Set.of("CallMethodViaReflection", "TryReflect");
     static final String PATHS = "files read by path (only tables of the catalogue)";
+    /** What {@code IDENTIFIER('…')} parses to: a name resolved from a string only in analysis. */
+    static final Set<String> IDENTIFIER_CLAUSE = Set.of(
+        "PlanWithUnresolvedIdentifier", "ExpressionWithUnresolvedIdentifier");
 
     /** Why a consumer may not set {@code key} to {@code value}, or null. */
     static String settingRefusal(String key, String value) {
@@ -117,7 +120,7 @@ final class ConsumerRules {
         if (name.equals("ScriptTransformation")) {
             return "TRANSFORM … USING (an external process)";
         }
-        if (name.contains("UnresolvedIdentifier")) {
+        if (IDENTIFIER_CLAUSE.contains(name)) {  // not UnresolvedIdentifier: every DDL target is one
             return PATHS + ": IDENTIFIER(…) is not allowed";
         }
         if (name.equals("UnresolvedRelation")) {
