@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from catalogfs.config import IndexConfig  # noqa: E402
-from features import ann  # noqa: E402
+from catalogfs.features import ann  # noqa: E402
 
 
 def mixture(rng: np.random.Generator, n: int, centres: np.ndarray, bases: np.ndarray, chunk: int = 100_000):
@@ -174,9 +174,9 @@ def run_real_space(workdir: Path, *, seconds: float, sample_fps: float, k: int) 
     against exact numpy search over the same vectors."""
     from catalogfs.config import DEFAULT_CONF_DIR, load_config
     from catalogfs.spark import build_spark
-    from features.vector_index import SOURCES, build_index
-    from jobs import embed_frames, extract_frames
-    from jobs.samples import make_sample_videos
+    from catalogfs.features.vector_index import SOURCES, build_index
+    from catalogfs.jobs import embed_frames, extract_frames
+    from catalogfs.jobs.samples import make_sample_videos
     from pyspark.sql import functions as F
 
     cfg = load_config([DEFAULT_CONF_DIR / "local.yaml"], [f"storage.data_root={workdir / 'data'}",

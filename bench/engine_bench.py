@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from udfs.engine import EmbeddingEngine, EngineOptions, tune_malloc  # noqa: E402
-from udfs.model_bundle import BundleSpec, LoadedModel  # noqa: E402
-from udfs.preprocess import PreprocessSpec  # noqa: E402
+from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions, tune_malloc  # noqa: E402
+from catalogfs.udfs.model_bundle import BundleSpec, LoadedModel  # noqa: E402
+from catalogfs.udfs.preprocess import PreprocessSpec  # noqa: E402
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png", "camera.png")
 
@@ -79,8 +79,8 @@ class _VitTower(torch.nn.Module):
 def build_models(names: list[str]) -> dict[str, LoadedModel]:
     models = {}
     if "efficientnet_lite0" in names:
-        from udfs.model_registry import write_default_bundle
-        from udfs.model_bundle import load_bundle
+        from catalogfs.udfs.model_registry import write_default_bundle
+        from catalogfs.udfs.model_bundle import load_bundle
 
         with tempfile.TemporaryDirectory() as tmp:
             models["efficientnet_lite0"] = load_bundle(write_default_bundle(Path(tmp) / "m"))

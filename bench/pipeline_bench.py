@@ -90,7 +90,7 @@ def prepare_inputs(workdir: Path, n_frames: int) -> None:
     import pyarrow.parquet as pq
 
     from engine_bench import sample_jpegs
-    from udfs.model_registry import write_default_bundle
+    from catalogfs.udfs.model_registry import write_default_bundle
 
     jpegs = sample_jpegs(4 * n_frames)
     for name, count in (("frames", n_frames), ("frames_4x", 4 * n_frames)):
@@ -111,7 +111,7 @@ def load_jpegs(workdir: Path, name: str = "frames") -> list[bytes]:
 
 def eager_model():
     """The default model's weights in a plain eager module (no engine)."""
-    from udfs.efficientnet_lite import build_efficientnet_lite0, load_packaged_state_dict
+    from catalogfs.udfs.efficientnet_lite import build_efficientnet_lite0, load_packaged_state_dict
 
     return build_efficientnet_lite0(load_packaged_state_dict()).eval()
 
@@ -120,7 +120,7 @@ def user_transform():
     """The preprocessing a user writes with torchvision for this model (same settings as ours)."""
     from torchvision import transforms
 
-    from udfs.model_registry import default_bundle_spec
+    from catalogfs.udfs.model_registry import default_bundle_spec
 
     spec = default_bundle_spec().preprocess
     return transforms.Compose([
@@ -143,12 +143,12 @@ def run_model_only(workdir: Path, batch: int, cores: int, runtime: str = "auto")
     import numpy as np
     import torch
 
-    from udfs.engine import EmbeddingEngine, EngineOptions
-    from udfs.model_bundle import load_bundle
+    from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
+    from catalogfs.udfs.model_bundle import load_bundle
 
     engine = EmbeddingEngine(load_bundle(workdir / "bundle"),
                              EngineOptions(batch_size=batch, num_threads=cores, device="cpu", runtime=runtime))
-    from udfs.images import decode_image
+    from catalogfs.udfs.images import decode_image
 
     jpegs = load_jpegs(workdir)
     arrays = [engine.preprocess.to_array(decode_image(j, max_pixels=10**8).image) for j in jpegs]
@@ -192,8 +192,8 @@ def export_onnx(workdir: Path) -> dict:
     """The ONNX file our engine serves the default bundle from: an engine is opened with runtime
     ``onnxruntime`` (as ``auto`` picks on CPU), which exports into (or finds in) the bench's
     ``CATALOGFS_ONNX_CACHE``; the ONNX peer opens that same file."""
-    from udfs.engine import EmbeddingEngine, EngineOptions
-    from udfs.model_bundle import load_bundle
+    from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
+    from catalogfs.udfs.model_bundle import load_bundle
 
     engine = EmbeddingEngine(load_bundle(workdir / "bundle"),
                              EngineOptions(batch_size=1, num_threads=1, device="cpu", runtime="onnxruntime"))
@@ -251,9 +251,9 @@ def _spark_udf_column(variant: str, spark, cfg, workdir: Path, batch: int, loads
 
     bundle = str(workdir / "bundle")
     if variant == "catalogfs":
-        from features.staging import compute_frame_candidates, new_observation
-        from features.spaces import EmbeddingSpace
-        from udfs.model_registry import ResolvedModel, default_bundle_spec
+        from catalogfs.features.staging import compute_frame_candidates, new_observation
+        from catalogfs.features.spaces import EmbeddingSpace
+        from catalogfs.udfs.model_registry import ResolvedModel, default_bundle_spec
 
         model = ResolvedModel(name="efficientnet_lite0_imagenet", version="1", alias="bench",
                               source_uri=Path(bundle).as_uri(), spec=default_bundle_spec())
@@ -357,7 +357,7 @@ def worker_runtimes(spark, cores: int) -> list[str]:
 
     @pandas_udf("string")
     def probe(ids: pd.Series) -> pd.Series:
-        engine = sys.modules.get("udfs.engine")
+        engine = sys.modules.get("catalogfs.udfs.engine")
         held = sorted({e.runtime for e in engine._CACHE.values()}) if engine is not None else []
         return pd.Series([",".join(held)] * len(ids))
 
@@ -367,7 +367,7 @@ def worker_runtimes(spark, cores: int) -> list[str]:
 
 def _observed_loads(transform) -> int:
     """Model loads the catalogfs variant's Observations saw (its UDF reports them in its output)."""
-    from features.staging import observed_counts
+    from catalogfs.features.staging import observed_counts
 
     return sum(observed_counts(o)["model_loads"] for o in getattr(transform, "observations", []))
 
@@ -395,7 +395,7 @@ def run_spark_variant(variant: str, workdir: Path, batch: int, cores: int, frame
         workers = python_workers()
         base = variant.removesuffix("_4x")
         if base == "catalogfs":
-            from features.staging import engine_options
+            from catalogfs.features.staging import engine_options
 
             runtimes = worker_runtimes(spark, cores)
             runtime = "+".join(runtimes) if runtimes else "unknown (no worker probed)"
@@ -421,10 +421,10 @@ def run_incremental(workdir: Path, batch: int, cores: int, frames_name: str = "f
     from pyspark.sql import functions as F
 
     from catalogfs.spark import build_spark
-    from features import delta_writer
-    from features.embedding_run import run_embedding
-    from features.tables import FRAMES
-    from udfs.model_registry import ResolvedModel, default_bundle_spec
+    from catalogfs.features import delta_writer
+    from catalogfs.features.embedding_run import run_embedding
+    from catalogfs.features.tables import FRAMES
+    from catalogfs.udfs.model_registry import ResolvedModel, default_bundle_spec
 
     cfg = bench_config(workdir, batch, cores)
     spark = build_spark(cfg)
@@ -513,11 +513,11 @@ def run_extraction(workdir: Path, batch: int, cores: int, copies: int = 4) -> di
     in ``mapInPandas``, warm workers, rows to a no-op sink) and the whole ``extract_frames`` job
     (stage, Parquet staging, Delta MERGE, MLflow run) in the same warm session, its catalog tables
     and MLflow store made beforehand."""
-    from jobs.samples import make_sample_videos
+    from catalogfs.jobs.samples import make_sample_videos
     from catalogfs.spark import build_spark
-    from features.frames import frames_dataframe
-    from features.video_frames import ExtractOptions, list_videos
-    from jobs import extract_frames
+    from catalogfs.features.frames import frames_dataframe
+    from catalogfs.features.video_frames import ExtractOptions, list_videos
+    from catalogfs.jobs import extract_frames
 
     videos_dir = workdir / "videos"
     made = make_sample_videos(videos_dir, seconds=20.0, fps=24, width=640, height=360)
@@ -534,7 +534,7 @@ def run_extraction(workdir: Path, batch: int, cores: int, copies: int = 4) -> di
     try:
         # one-time setup is not extraction: the catalog's tables and the MLflow store exist already
         from catalogfs.tracking import configure_mlflow
-        from features import delta_writer
+        from catalogfs.features import delta_writer
 
         delta_writer.ensure_catalog(spark, cfg.storage, log_retention_days=cfg.retention.log_retention_days)
         configure_mlflow(cfg)
@@ -585,7 +585,7 @@ def _child(variant: str, workdir: Path, batch: int, cores: int) -> dict:
 
 
 def child_main(variant: str, workdir: Path, batch: int, cores: int) -> dict:
-    from udfs.engine import tune_malloc
+    from catalogfs.udfs.engine import tune_malloc
 
     if variant != "plain_loop_untuned":
         tune_malloc()  # glibc settings from FACTS.md; every row but the untuned loop gets them

@@ -132,7 +132,7 @@ def _peaks() -> dict:
 def _timed_run(spark, cfg, label: str, videos: int) -> dict:
     import shutil
 
-    from jobs import embed_frames
+    from catalogfs.jobs import embed_frames
 
     start = time.perf_counter()
     result = embed_frames.run(spark, cfg)
@@ -156,9 +156,9 @@ def run_phase(workdir: Path, phase: str, videos: int, per_video: int, cores: int
 
     from catalogfs.spark import build_spark
     from catalogfs.tracking import configure_mlflow
-    from features import delta_writer
-    from features.tables import FRAMES
-    from jobs import embed_frames
+    from catalogfs.features import delta_writer
+    from catalogfs.features.tables import FRAMES
+    from catalogfs.jobs import embed_frames
 
     parquet = workdir / "frames.parquet"
     t0 = time.perf_counter()

@@ -84,7 +84,7 @@ def _wait_until_free(root: Path, timeout: float = 120) -> None:
 
 def _videos(folder: Path, copies: int, start: int = 0) -> list[Path]:
     """The eight sample videos, ``copies`` times under new names (``<id>_c<n>.mp4``)."""
-    from jobs.samples import make_sample_videos
+    from catalogfs.jobs.samples import make_sample_videos
 
     originals = folder.parent / "originals"
     if not originals.exists():

@@ -1,8 +1,15 @@
-"""Typed, frozen configuration loaded from conf/*.yaml.
+"""Typed, frozen configuration loaded from the packaged ``catalogfs.conf`` YAML files.
 
-Layering: ``conf/base.yaml`` first, then each ``--conf FILE`` in order, then ``--set key.path=value``
+Layering: ``base.yaml`` first, then each ``--conf FILE`` in order (a bare profile name such as
+``local`` or ``databricks`` means the packaged ``<name>.yaml``), then ``--set key.path=value``
 overrides. ``${VAR}`` and ``${VAR:-default}`` in string values are expanded from the environment.
 Unknown keys and bad values are errors that name the file (or ``--set``) and the dotted key.
+:func:`load_config` remembers where each key came from (:attr:`Config.origins`), which
+``catalogfs config show`` prints.
+
+Relative paths (``storage.data_root``, ``spark.ivy_cache``) resolve against the current working
+directory. An empty data root (the default) means :func:`catalogfs.packaged.default_data_root`:
+``data/`` in a checkout, a per-user folder when installed from the wheel.
 """
 
 from __future__ import annotations
@@ -15,11 +22,11 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from catalogfs.errors import ConfigError
+from catalogfs.packaged import conf_dir as packaged_conf_dir, default_data_root
 from catalogfs.redaction import redact
-from catalogfs.errors import ConfigError  # noqa: F401 (raised here, importable from here)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONF_DIR = Path(os.environ.get("CATALOGFS_CONF_DIR", PROJECT_ROOT / "conf"))
+DEFAULT_CONF_DIR = packaged_conf_dir()
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -377,6 +384,8 @@ class Config(_Section):
     server: ServerConfig = ServerConfig()
     index: IndexConfig = IndexConfig()
     sources: tuple[str, ...] = Field(default=(), description="Files the config was read from.")
+    origins: dict[str, str] = Field(default_factory=dict, exclude=True, description=(
+        "Dotted key → where its value came from (file, environment, --set, default); see origin_of."))
 
     @property
     def tracking_uri(self) -> str:
@@ -468,7 +477,22 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 def _resolve_path(value: Path) -> Path:
     expanded = Path(os.path.expanduser(str(value)))
-    return expanded if expanded.is_absolute() else (PROJECT_ROOT / expanded).resolve()
+    return expanded if expanded.is_absolute() else (Path.cwd() / expanded).resolve()
+
+
+def profile_path(name: str | Path, conf_dir: Path | None = None) -> Path:
+    """``--conf`` argument → file: a bare name (``local``, ``databricks.yaml``) is a packaged profile,
+    anything else (a path with a folder, or an existing file) is taken as it is."""
+    text = str(name)
+    if os.sep in text or "/" in text or Path(text).exists():
+        return Path(text)
+    folder = conf_dir or DEFAULT_CONF_DIR
+    candidate = folder / (text if text.endswith((".yaml", ".yml")) else f"{text}.yaml")
+    if not candidate.exists():
+        profiles = sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"--conf {text}: no such file, and no packaged profile of that name "
+                          f"(profiles: {', '.join(profiles)})")
+    return candidate
 
 
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
@@ -477,19 +501,28 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
 
     Raises :class:`ConfigError` naming the file and dotted key of the first problem.
     """
-    if conf_dir is None:  # base.yaml beside the first file given, else the project's conf/
-        beside = Path(paths[0]).parent if paths else None
+    chosen = [profile_path(p, conf_dir) for p in paths]
+    if conf_dir is None:  # base.yaml beside the first file given, else the packaged one
+        beside = chosen[0].parent if chosen else None
         conf_dir = beside if beside is not None and (beside / "base.yaml").exists() else DEFAULT_CONF_DIR
     base = conf_dir / "base.yaml"
-    files = [base] + [Path(p) for p in paths if Path(p).resolve() != base.resolve()]
+    files = [base] + [p for p in chosen if p.resolve() != base.resolve()]
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for path in files:
-        _merge(merged, _read_yaml(path), str(path), origins)
+        data = _read_yaml(path)
+        _merge(merged, data, str(path), origins)
+        for dotted, names in _env_references(path).items():  # set from the environment through the file
+            if dotted in origins and origins[dotted] == str(path) and any(n in os.environ for n in names):
+                origins[dotted] = f"environment {', '.join(names)} (in {path})"
     for text in overrides:
         key, value = parse_override(text)
         _merge(merged, _expand_env(_nest(key, value)), f"--set {key}", origins)
     merged["sources"] = tuple(str(p) for p in files)
+    storage_section = merged.get("storage")
+    if isinstance(storage_section, dict) and not storage_section.get("data_root"):  # empty: the default
+        storage_section["data_root"] = str(default_data_root())
+        origins["storage.data_root"] = "default (data/ in a checkout, else the per-user data folder)"
     try:
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
@@ -507,7 +540,33 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
         raise ConfigError("; ".join(problems)) from None
     storage = cfg.storage.model_copy(update={"data_root": _resolve_path(cfg.storage.data_root)})
     spark = cfg.spark.model_copy(update={"ivy_cache": _resolve_path(cfg.spark.ivy_cache)})
-    return cfg.model_copy(update={"storage": storage, "spark": spark})
+    return cfg.model_copy(update={"storage": storage, "spark": spark, "origins": dict(origins)})
+
+
+def _env_references(path: Path) -> dict[str, list[str]]:
+    """Dotted key → the environment variables its raw value in ``path`` refers to (``${VAR…}``)."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    found: dict[str, list[str]] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+        elif isinstance(node, str):
+            names = [m.group(1) for m in _ENV_REF.finditer(node)]
+            if names:
+                found[prefix] = names
+
+    walk(raw, "")
+    return found
+
+
+def origin_of(cfg: "Config", dotted: str) -> str:
+    """Where the value of ``dotted`` came from: a file, ``--set``, the environment, or the default."""
+    return _origin_of(dotted, cfg.origins, "default (the config model)")
 
 
 def _origin_of(dotted: str, origins: Mapping[str, str], fallback: str) -> str:

@@ -26,10 +26,10 @@ import subprocess
 import tempfile
 import zipfile
 
-from catalogfs.config import PROJECT_ROOT
+from catalogfs.packaged import guard_sources
 from catalogfs.errors import ConfigError
 
-GUARD_SOURCES = PROJECT_ROOT / "resources" / "java" / "catalogfs"
+GUARD_SOURCES = guard_sources()
 GUARD_CLASS = "catalogfs.JdbcGuardExtension"
 TOKEN_INTERCEPTOR_CLASS = "catalogfs.ConnectTokenInterceptor"
 USERS_FILE_KEY = "spark.catalogfs.jdbc.usersFile"  # read by UsersFile.java

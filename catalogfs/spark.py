@@ -35,7 +35,8 @@ from typing import Mapping
 from pyspark.sql import SparkSession
 
 from catalogfs.catalog_lock import ensure_catalog_free, find_server
-from catalogfs.config import PROJECT_ROOT, Config
+from catalogfs.config import Config
+from catalogfs.packaged import log4j_config
 from catalogfs.errors import ServerUnavailable
 from catalogfs.jars import delta_packages, jars_dir, local_delta_jars
 from catalogfs.permissions import PRIVATE_UMASK_TEXT, ensure_private_dir, private_umask
@@ -46,7 +47,7 @@ __all__ = ["build_spark", "default_parallelism", "delta_jar_settings", "delta_pa
 
 log = logging.getLogger(__name__)
 
-LOG4J_CONFIG = PROJECT_ROOT / "conf" / "log4j2.properties"
+LOG4J_CONFIG = log4j_config()
 JVM_LOGS_KEPT = 20
 
 _jvm_log: Path | None = None  # the log file of the JVM this process started (one per process)

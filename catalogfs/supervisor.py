@@ -81,7 +81,7 @@ class RestartPolicy:
 
 def server_command(argv: Sequence[str]) -> list[str]:
     """The foreground server the supervisor runs: ``catalogfs serve`` with the same arguments."""
-    return [sys.executable, "-m", "jobs.cli", "serve", *argv]
+    return [sys.executable, "-m", "catalogfs.jobs.cli", "serve", *argv]
 
 
 def supervise(cfg: Config, argv: Sequence[str], *, command: Sequence[str] | None = None) -> int:

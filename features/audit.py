@@ -17,9 +17,9 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import Config
 from catalogfs.statuses import INPUT_STATUSES
-from expectations.drift import label_shift, with_drift_cosine
-from expectations.runner import ValidationOutcome, validate_candidates
-from expectations.suites import (
+from catalogfs.expectations.drift import label_shift, with_drift_cosine
+from catalogfs.expectations.runner import ValidationOutcome, validate_candidates
+from catalogfs.expectations.suites import (
     SuiteParams,
     drift_suite,
     frame_embeddings_suite,
@@ -28,12 +28,12 @@ from expectations.suites import (
     video_flags_suite,
     video_labels_suite,
 )
-from expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
-from features.promotion import SpaceModel
-from features.run_plan import RunPlan
-from features.spaces import EmbeddingSpace
-from features.staging import Staged
-from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
+from catalogfs.features.promotion import SpaceModel
+from catalogfs.features.run_plan import RunPlan
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.staging import Staged
+from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
 
 log = logging.getLogger(__name__)
 

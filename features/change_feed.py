@@ -18,8 +18,8 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.errors import ChangeFeedError
-from features import delta_writer
-from features.tables import ALL_TABLES
+from catalogfs.features import delta_writer
+from catalogfs.features.tables import ALL_TABLES
 
 CHANGE_TYPES = ("insert", "update_preimage", "update_postimage", "delete")
 CHANGE_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
-from features.tables import ALL_TABLES, TableDef
+from catalogfs.features.tables import ALL_TABLES, TableDef
 from catalogfs.errors import SchemaMismatch  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)

@@ -29,21 +29,21 @@ from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.errors import ValidationFailed  # noqa: F401 (raised here, importable from here)
 from catalogfs.statuses import RunStatus
-from expectations.runner import ValidationOutcome
-from features import delta_writer
-from features.audit import Audit, audit_staged
-from features.history import sync_after_publish
-from features.lineage import (Attempt, changed_outside_runs, history_too_long, last_checkpoint, recent_commits,
+from catalogfs.expectations.runner import ValidationOutcome
+from catalogfs.features import delta_writer
+from catalogfs.features.audit import Audit, audit_staged
+from catalogfs.features.history import sync_after_publish
+from catalogfs.features.lineage import (Attempt, changed_outside_runs, history_too_long, last_checkpoint, recent_commits,
                               record_lineage, repair_lineage)
-from features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
-from features.publish import PublishSkipped, publish_staged
-from features.run_plan import PlanScope, RunPlan, SpaceTables, plan_run, plan_scope
-from features.spaces import EmbeddingSpace
-from features.staging import Staged, stage_run
-from features.tables import PUBLISHED_TABLES
-from features.taxonomies import active_taxonomy
-from udfs.flags import Taxonomy
-from udfs.model_registry import ResolvedModel
+from catalogfs.features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
+from catalogfs.features.publish import PublishSkipped, publish_staged
+from catalogfs.features.run_plan import PlanScope, RunPlan, SpaceTables, plan_run, plan_scope
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.staging import Staged, stage_run
+from catalogfs.features.tables import PUBLISHED_TABLES
+from catalogfs.features.taxonomies import active_taxonomy
+from catalogfs.udfs.flags import Taxonomy
+from catalogfs.udfs.model_registry import ResolvedModel
 
 log = logging.getLogger(__name__)
 

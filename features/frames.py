@@ -22,9 +22,9 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.spark import default_parallelism
-from features import delta_writer
-from features.tables import FRAMES
-from features.video_frames import ExtractOptions, extract_video_frames
+from catalogfs.features import delta_writer
+from catalogfs.features.tables import FRAMES
+from catalogfs.features.video_frames import ExtractOptions, extract_video_frames
 from catalogfs.statuses import Status
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.errors import ChangeFeedError
-from features import change_feed, delta_writer
-from features.tables import VIDEO_EMBEDDINGS, VIDEO_EMBEDDINGS_HISTORY
+from catalogfs.features import change_feed, delta_writer
+from catalogfs.features.tables import VIDEO_EMBEDDINGS, VIDEO_EMBEDDINGS_HISTORY
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.statuses import RunStatus
-from features.tables import FEATURE_VERSIONS
+from catalogfs.features.tables import FEATURE_VERSIONS
 
 log = logging.getLogger(__name__)
 

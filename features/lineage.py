@@ -20,9 +20,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import Config
-from features import delta_writer, integrity
-from features.spaces import EmbeddingSpace
-from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.features import delta_writer, integrity
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
 from catalogfs.statuses import RunStatus
 
 log = logging.getLogger(__name__)

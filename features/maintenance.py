@@ -37,7 +37,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.spark import default_parallelism
-from features.tables import ALL_TABLES
+from catalogfs.features.tables import ALL_TABLES
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
-from features import delta_writer
-from features.knn import top_k_neighbours
-from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.features import delta_writer
+from catalogfs.features.knn import top_k_neighbours
+from catalogfs.features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
 from catalogfs.errors import PromotionError  # noqa: F401 (raised here, importable from here)
 from catalogfs.statuses import RunStatus, Status
 

@@ -19,10 +19,10 @@ from pyspark.sql import DataFrame, SparkSession
 
 from catalogfs import failpoints
 from catalogfs.config import Config
-from features import delta_writer
-from features.spaces import EmbeddingSpace
-from features.staging import Staged
-from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features import delta_writer
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.staging import Staged
+from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
 from catalogfs.errors import PublishConflict, PublishSkipped  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)

@@ -39,22 +39,22 @@ from pyspark.sql import functions as F
 from catalogfs.config import Config
 from catalogfs.errors import InputError, ValidationFailed
 from catalogfs.statuses import INPUT_STATUSES, RunStatus
-from expectations.runner import ValidationOutcome, validate_candidates
-from expectations.suites import frame_embeddings_suite, video_flags_suite, video_labels_suite
-from expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
-from features import delta_writer
-from features.audit import suite_params
-from features.lineage import Attempt, record_lineage
-from features.pooling import aggregate_video_flags, aggregate_video_labels
-from features.promotion import current_space, published_spaces, space_model
-from features.publish import publish_with_retries
-from features.run_plan import RunPlan, SpaceTables
-from features.spaces import EmbeddingSpace
-from features.tables import FRAME_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
-from features.taxonomies import check_taxonomy, record_taxonomy, relabelled_frames
-from udfs.flags import load_taxonomy
-from udfs.model_registry import ModelRef, ResolvedModel, local_bundle_dir, resolve_model
-from udfs.relabel import ZeroShotScorer, require_zero_shot, zero_shot_scorer
+from catalogfs.expectations.runner import ValidationOutcome, validate_candidates
+from catalogfs.expectations.suites import frame_embeddings_suite, video_flags_suite, video_labels_suite
+from catalogfs.expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
+from catalogfs.features import delta_writer
+from catalogfs.features.audit import suite_params
+from catalogfs.features.lineage import Attempt, record_lineage
+from catalogfs.features.pooling import aggregate_video_flags, aggregate_video_labels
+from catalogfs.features.promotion import current_space, published_spaces, space_model
+from catalogfs.features.publish import publish_with_retries
+from catalogfs.features.run_plan import RunPlan, SpaceTables
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features.taxonomies import check_taxonomy, record_taxonomy, relabelled_frames
+from catalogfs.udfs.flags import load_taxonomy
+from catalogfs.udfs.model_registry import ModelRef, ResolvedModel, local_bundle_dir, resolve_model
+from catalogfs.udfs.relabel import ZeroShotScorer, require_zero_shot, zero_shot_scorer
 
 log = logging.getLogger(__name__)
 

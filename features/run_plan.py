@@ -19,9 +19,9 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.statuses import INPUT_STATUSES, TRANSIENT_STATUSES, Status
-from features import delta_writer
-from features.spaces import EmbeddingSpace
-from features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features import delta_writer
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
 
 FRAME_KEYS = ["video_id", "frame_ts_ms"]
 

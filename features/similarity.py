@@ -15,11 +15,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from catalogfs.config import Config, StorageConfig
-from features import ann, delta_writer
-from features.knn import top_k_neighbours
-from features.promotion import current_space
-from features.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS
-from features.vector_index import SOURCES, exact_neighbours, source_vectors
+from catalogfs.features import ann, delta_writer
+from catalogfs.features.knn import top_k_neighbours
+from catalogfs.features.promotion import current_space
+from catalogfs.features.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS
+from catalogfs.features.vector_index import SOURCES, exact_neighbours, source_vectors
 from catalogfs.errors import SimilarityError, VectorIndexError  # noqa: F401 (SimilarityError importable from here)
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,10 @@ def embed_image(spark: SparkSession, cfg: Config, space: str, image: bytes) -> n
     from mlflow import MlflowClient
 
     from catalogfs.tracking import configure_mlflow
-    from features.promotion import space_model
-    from features.staging import engine_options
-    from udfs.engine import cached_engine
-    from udfs.model_registry import ModelRef, local_bundle_dir, resolve_model
+    from catalogfs.features.promotion import space_model
+    from catalogfs.features.staging import engine_options
+    from catalogfs.udfs.engine import cached_engine
+    from catalogfs.udfs.model_registry import ModelRef, local_bundle_dir, resolve_model
 
     owner = space_model(spark, cfg.storage, space)
     if owner is None:

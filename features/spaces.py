@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from udfs.model_registry import ResolvedModel
+from catalogfs.udfs.model_registry import ResolvedModel
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,17 @@ from catalogfs.config import Config
 from catalogfs.progress import Progress
 from catalogfs.spark import default_parallelism, is_connect
 from catalogfs.statuses import Status
-from features import delta_writer
-from features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
-from features.run_plan import FRAME_KEYS, RunPlan, SpaceTables
-from features.spaces import EmbeddingSpace
-from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
-from features.taxonomies import relabelled_frames
-from udfs.engine import EngineOptions
-from udfs.flags import Taxonomy
-from udfs.model_registry import ResolvedModel, local_bundle_dir
-from udfs.relabel import zero_shot_scorer
-from udfs.spark_udf import make_embed_udf
+from catalogfs.features import delta_writer
+from catalogfs.features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
+from catalogfs.features.run_plan import FRAME_KEYS, RunPlan, SpaceTables
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features.taxonomies import relabelled_frames
+from catalogfs.udfs.engine import EngineOptions
+from catalogfs.udfs.flags import Taxonomy
+from catalogfs.udfs.model_registry import ResolvedModel, local_bundle_dir
+from catalogfs.udfs.relabel import zero_shot_scorer
+from catalogfs.udfs.spark_udf import make_embed_udf
 
 log = logging.getLogger(__name__)
 

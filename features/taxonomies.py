@@ -35,13 +35,13 @@ from pyspark.sql import functions as F
 from catalogfs.config import StorageConfig
 from catalogfs.errors import RelabelError
 from catalogfs.statuses import Status
-from features import delta_writer
-from features.spaces import EmbeddingSpace
-from features.tables import TAXONOMIES, VIDEO_LABELS
-from udfs.flags import Taxonomy
-from udfs.model_registry import ResolvedModel
-from udfs.relabel import ZeroShotScorer, is_zero_shot
-from udfs.spark_udf import make_relabel_udf
+from catalogfs.features import delta_writer
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import TAXONOMIES, VIDEO_LABELS
+from catalogfs.udfs.flags import Taxonomy
+from catalogfs.udfs.model_registry import ResolvedModel
+from catalogfs.udfs.relabel import ZeroShotScorer, is_zero_shot
+from catalogfs.udfs.spark_udf import make_relabel_udf
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def relabelled_frames(frame_rows: DataFrame, scorer: ZeroShotScorer, *, run_id: 
 
 def model_taxonomy(model: ResolvedModel) -> Taxonomy | None:
     """The taxonomy a CLIP-like model version was registered with; None for other models."""
-    from udfs.families import family
+    from catalogfs.udfs.families import family
 
     spec = model.spec
     if not is_zero_shot(spec):

@@ -23,8 +23,8 @@ from pyspark.sql.types import DateType, StringType, TimestampNTZType, TimestampT
 from catalogfs.config import StorageConfig
 from catalogfs.errors import ConfigError, InputError
 from catalogfs.statuses import RunStatus
-from features.history import sync_history
-from features.tables import FEATURE_VERSIONS, VIDEO_EMBEDDINGS_HISTORY
+from catalogfs.features.history import sync_history
+from catalogfs.features.tables import FEATURE_VERSIONS, VIDEO_EMBEDDINGS_HISTORY
 
 FEATURE_COLUMNS = ("embedding_space", "embedding", "model_version", "run_id", "valid_from", "feature_status")
 OK = "ok"

@@ -39,12 +39,12 @@ from pyspark.sql import functions as F
 from catalogfs.config import Config
 from catalogfs.errors import ChangeFeedError, VectorIndexError
 from catalogfs.statuses import Status
-from expectations.runner import validate_candidates
-from expectations.suites import vector_index_suite
-from features import ann, delta_writer
-from features.change_feed import change_range, check_covered, read_changes
-from features.promotion import current_space
-from features.tables import FRAME_EMBEDDINGS, VECTOR_INDEXES, VIDEO_EMBEDDINGS
+from catalogfs.expectations.runner import validate_candidates
+from catalogfs.expectations.suites import vector_index_suite
+from catalogfs.features import ann, delta_writer
+from catalogfs.features.change_feed import change_range, check_covered, read_changes
+from catalogfs.features.promotion import current_space
+from catalogfs.features.tables import FRAME_EMBEDDINGS, VECTOR_INDEXES, VIDEO_EMBEDDINGS
 
 log = logging.getLogger(__name__)
 SOURCES = {"video": VIDEO_EMBEDDINGS, "frame": FRAME_EMBEDDINGS}

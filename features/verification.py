@@ -29,10 +29,10 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.statuses import RunStatus
-from features import delta_writer
-from features.integrity import RecordedCommit, commits_after, outside_commits, parse_versions
-from features.run_plan import FRAME_KEYS
-from features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, FRAMES, PUBLISHED_TABLES, TableDef
+from catalogfs.features import delta_writer
+from catalogfs.features.integrity import RecordedCommit, commits_after, outside_commits, parse_versions
+from catalogfs.features.run_plan import FRAME_KEYS
+from catalogfs.features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, FRAMES, PUBLISHED_TABLES, TableDef
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import Config
 from catalogfs.errors import ChangeFeedError
-from features.change_feed import CHANGE_COLUMNS, change_range, check_covered, read_changes, table_keys
-from jobs.job_main import run_main
+from catalogfs.features.change_feed import CHANGE_COLUMNS, change_range, check_covered, read_changes, table_keys
+from catalogfs.jobs.job_main import run_main
 
 
 def run(spark, cfg: Config, *, table: str, since: int, until: int | None = None, net: bool = False,

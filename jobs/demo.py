@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from catalogfs.config import Config
-from jobs.job_main import run_main
-from features.embedding_run import EmbedResult
-from features.tables import FRAMES, VIDEO_LABELS
-from jobs import embed_frames, extract_frames, make_sample_videos
+from catalogfs.jobs.job_main import run_main
+from catalogfs.features.embedding_run import EmbedResult
+from catalogfs.features.tables import FRAMES, VIDEO_LABELS
+from catalogfs.jobs import embed_frames, extract_frames, make_sample_videos
 from catalogfs.statuses import Status
 
 

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
-from jobs.run_report import write_run_report
+from catalogfs.jobs.run_report import write_run_report
 from catalogfs.errors import InputError
-from jobs.job_main import run_main
+from catalogfs.jobs.job_main import run_main
 from catalogfs.tracking import job_run
-from features.embedding_run import EmbedResult, ValidationFailed, run_embedding
-from features.tables import FRAMES
-from udfs.model_registry import ModelRef, ensure_default_model, resolve_model
+from catalogfs.features.embedding_run import EmbedResult, ValidationFailed, run_embedding
+from catalogfs.features.tables import FRAMES
+from catalogfs.udfs.model_registry import ModelRef, ensure_default_model, resolve_model
 from catalogfs.statuses import Status
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from typing import Sequence
 
 from catalogfs.config import Config, ConfigError
 from catalogfs.errors import InputError
-from jobs.job_main import run_main
+from catalogfs.jobs.job_main import run_main
 from catalogfs.tracking import job_run
-from features import delta_writer
-from features.frames import FramesPublish, SourceConflict, frames_dataframe, publish_frames, source_conflicts
-from features.tables import FRAMES
-from features.video_frames import ExtractOptions, SkippedFiles, VideoListing, read_manifest, scan_videos
+from catalogfs.features import delta_writer
+from catalogfs.features.frames import FramesPublish, SourceConflict, frames_dataframe, publish_frames, source_conflicts
+from catalogfs.features.tables import FRAMES
+from catalogfs.features.video_frames import ExtractOptions, SkippedFiles, VideoListing, read_manifest, scan_videos
 
 log = logging.getLogger(__name__)
 _SHOWN_CONFLICTS = 3

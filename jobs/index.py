@@ -17,8 +17,8 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from catalogfs.errors import IndexRejected
-from jobs.job_main import run_main
-from features.vector_index import build_index, list_indexes
+from catalogfs.jobs.job_main import run_main
+from catalogfs.features.vector_index import build_index, list_indexes
 
 
 def run(spark, cfg: Config, *, action: str, space: str | None = None, level: str = "video", full: bool = False,

@@ -34,7 +34,8 @@ log = logging.getLogger("catalogfs")
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conf", action="append", default=[], metavar="FILE",
-                        help="YAML config layered over conf/base.yaml (repeatable; default conf/local.yaml)")
+                        help="YAML config layered over the packaged base.yaml: a file, or a packaged profile by name "
+                             "(local, cluster, gpu_cluster, databricks); repeatable; default: local")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one config key, e.g. --set inference.batch_size=16 (repeatable)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -54,10 +55,7 @@ def setup_logging(level: str, quiet: bool = False) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    from catalogfs.config import DEFAULT_CONF_DIR
-
-    paths = args.conf or [str(DEFAULT_CONF_DIR / "local.yaml")]
-    return load_config(paths, args.overrides)
+    return load_config(args.conf or ["local"], args.overrides)
 
 
 def parse_and_load(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from catalogfs.config import Config
-from jobs.job_main import run_main
-from features.ann import prune_versions
-from features.history import sync_history
-from features.maintenance import VacuumResult, apply_retention, sweep_staging
+from catalogfs.jobs.job_main import run_main
+from catalogfs.features.ann import prune_versions
+from catalogfs.features.history import sync_history
+from catalogfs.features.maintenance import VacuumResult, apply_retention, sweep_staging
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from catalogfs.errors import EXIT_OK
-from jobs.job_main import add_common_arguments, parse_and_load
-from jobs.samples import make_sample_videos, write_corrupt_sample
+from catalogfs.jobs.job_main import add_common_arguments, parse_and_load
+from catalogfs.jobs.samples import make_sample_videos, write_corrupt_sample
 
 
 def run(cfg: Config, *, output: Path | None = None, overwrite: bool = False,

@@ -28,9 +28,9 @@ from catalogfs.errors import InputError
 
 
 def _bundle_from(source: Path, taxonomy_file: Path | None, workdir: Path, flags_file: Path | None = None) -> Path:
-    from udfs.flags import load_flags_file, load_taxonomy
-    from udfs.hf_models import write_transformers_bundle
-    from udfs.model_bundle import SPEC_FILE, copy_with_flags
+    from catalogfs.udfs.flags import load_flags_file, load_taxonomy
+    from catalogfs.udfs.hf_models import write_transformers_bundle
+    from catalogfs.udfs.model_bundle import SPEC_FILE, copy_with_flags
 
     taxonomy = load_taxonomy(taxonomy_file) if taxonomy_file else None  # FlagsError is a ConfigError
     flags = load_flags_file(flags_file) if flags_file else None
@@ -94,7 +94,7 @@ def run_registry(cfg: Config, *, action: str, args: list[str], source: Path | No
     from mlflow.exceptions import MlflowException
 
     from catalogfs.tracking import configure_mlflow
-    from udfs.model_registry import describe_registry, is_not_found, register_bundle, registry_call, set_alias
+    from catalogfs.udfs.model_registry import describe_registry, is_not_found, register_bundle, registry_call, set_alias
 
     experiment_id = configure_mlflow(cfg)
     client = MlflowClient()
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from catalogfs.errors import EXIT_CONFIG, EXIT_OK, CatalogfsError
-    from jobs.job_main import add_common_arguments, config_from_args, setup_logging
+    from catalogfs.jobs.job_main import add_common_arguments, config_from_args, setup_logging
 
     parser = argparse.ArgumentParser(prog="catalogfs models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,8 +12,8 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from catalogfs.tracking import job_run
-from features.relabel import RelabelResult, relabel_space
-from jobs.job_main import run_main
+from catalogfs.features.relabel import RelabelResult, relabel_space
+from catalogfs.jobs.job_main import run_main
 
 
 def run(spark, cfg: Config, *, taxonomy: Path, space: str | None = None, dry_run: bool = False) -> RelabelResult:

@@ -35,9 +35,9 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import Config
 from catalogfs.statuses import Status
-from features.delta_writer import sql_literal
-from features.embedding_run import EmbedResult
-from features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.features.delta_writer import sql_literal
+from catalogfs.features.embedding_run import EmbedResult
+from catalogfs.features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
 
 THUMB = (160, 90)
 MAX_POINTS = 2000  # videos in the projection

@@ -54,7 +54,7 @@ from catalogfs.supervisor import (
     SERVE_LOG, SUPERVISE_FLAG, ensure_not_supervised, not_running_note, stop_supervisor, supervise, supervision_note,
 )
 from catalogfs.supervisor_state import RUNNING, SupervisorState, live_supervisor, read_state
-from jobs.job_main import add_common_arguments, parse_and_load
+from catalogfs.jobs.job_main import add_common_arguments, parse_and_load
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -354,7 +354,7 @@ def detach(cfg: Config, argv: list[str]) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "ab") as out:
         offset = out.tell()
-        child = subprocess.Popen([sys.executable, "-m", "jobs.cli", "serve", SUPERVISE_FLAG, *argv],
+        child = subprocess.Popen([sys.executable, "-m", "catalogfs.jobs.cli", "serve", SUPERVISE_FLAG, *argv],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + cfg.server.start_timeout_seconds
     while (code := child.poll()) is None:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from catalogfs.errors import EXIT_OK, CatalogfsError, ConfigError
 from catalogfs.server_auth import ROLES, add_user, read_users, remove_user, users_file
-from jobs.job_main import add_common_arguments, parse_and_load
+from catalogfs.jobs.job_main import add_common_arguments, parse_and_load
 
 PROG = "catalogfs serve-users"
 EXIT_NO_SUCH_USER = 3

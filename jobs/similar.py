@@ -19,8 +19,8 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from catalogfs.errors import InputError
-from jobs.job_main import run_main
-from features.similarity import similar
+from catalogfs.jobs.job_main import run_main
+from catalogfs.features.similarity import similar
 
 
 def run(spark, cfg: Config, *, video_id: str | None = None, image: str | None = None, level: str = "video",

@@ -24,8 +24,8 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from catalogfs.errors import InputError
-from jobs.job_main import run_main
-from features import promotion
+from catalogfs.jobs.job_main import run_main
+from catalogfs.features import promotion
 
 
 def serve_space(spark, cfg: Config, space_id: str, *, run_id: str, note: str = "promoted") -> promotion.SpaceModel:
@@ -39,7 +39,7 @@ def serve_space(spark, cfg: Config, space_id: str, *, run_id: str, note: str = "
     from mlflow import MlflowClient
 
     from catalogfs.tracking import configure_mlflow
-    from udfs.model_registry import set_alias
+    from catalogfs.udfs.model_registry import set_alias
 
     owner = promotion.require_published(spark, cfg.storage, space_id)
     if owner.model_name != cfg.model.name:

@@ -13,8 +13,8 @@ import sys
 from typing import Sequence
 
 from catalogfs.config import Config
-from features.read_only import read_only_sql
-from jobs.job_main import run_main
+from catalogfs.features.read_only import read_only_sql
+from catalogfs.jobs.job_main import run_main
 
 
 def run(spark, cfg: Config, *, query: str, limit: int = 50, as_json: bool = False, allow_writes: bool = False):

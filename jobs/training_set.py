@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config
-from features.training_set import OK, TrainingSetArgumentError, read_events, training_set
-from jobs.job_main import run_main
+from catalogfs.features.training_set import OK, TrainingSetArgumentError, read_events, training_set
+from catalogfs.jobs.job_main import run_main
 
 
 @dataclass(frozen=True)

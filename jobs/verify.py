@@ -19,9 +19,9 @@ from typing import Sequence
 
 from catalogfs.config import Config
 from catalogfs.errors import InputError, IntegrityMismatch
-from features.tables import FEATURE_VERSIONS
-from features.verification import Check, verify_catalogue
-from jobs.job_main import run_main
+from catalogfs.features.tables import FEATURE_VERSIONS
+from catalogfs.features.verification import Check, verify_catalogue
+from catalogfs.jobs.job_main import run_main
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import uuid
 from typing import Sequence
 
 from catalogfs.config import Config
-from jobs.job_main import run_main
-from features.similarity import write_video_neighbors
+from catalogfs.jobs.job_main import run_main
+from catalogfs.features.similarity import write_video_neighbors
 
 
 def run(spark, cfg: Config, *, space: str | None = None, k: int = 10):

@@ -52,11 +52,12 @@ site_packages() {  # the purelib folder of the interpreter $1
 }
 
 install_project() {  # editable, into the environment of the interpreter $1, when not already from this clone
-  local stamp="$2"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$root" ]; then
+  local stamp="$2" want_install  # this clone, and its packaging (setup.cfg maps the folders into the package)
+  want_install="$root $(sha256sum "$root/setup.cfg" | cut -c1-16)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want_install" ]; then
     local out  # setuptools' warnings about setup.cfg only when the install fails
     out="$("$1" -m pip install --quiet --no-deps --no-build-isolation -e "$root" 2>&1)" || { echo "$out" >&2; return 1; }
-    echo "$root" >"$stamp"
+    echo "$want_install" >"$stamp"
   fi
 }
 
@@ -143,13 +144,14 @@ EOF
   "$venv/bin/python" -m pip check >/dev/null
   (cd / && "$venv/bin/python" - "$root" <<'PY'
 import pathlib, sys
-import catalogfs, jobs
-for module in (catalogfs, jobs):
+import catalogfs, catalogfs.jobs
+for module in (catalogfs, catalogfs.jobs):
     assert pathlib.Path(module.__file__).is_relative_to(sys.argv[1]), f"{module.__name__} from {module.__file__}"
 PY
   )
   echo "$want" >"$layer_stamp"
 fi
+install_project "$venv/bin/python" "$venv/.catalogfs-project-root"  # again when setup.cfg changed
 
 # 3. spark-submit from this clone gets the Delta jars and this clone's Python (see catalogfs/spark.py).
 SPARK_CONF_DIR="$venv/spark-conf" "$venv/bin/python" -m catalogfs.spark >/dev/null

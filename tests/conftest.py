@@ -59,7 +59,7 @@ def spark(cfg: Config):
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory) -> Path:
     """The real EfficientNet-Lite0 ImageNet bundle, written once per test run."""
-    from udfs.model_registry import write_default_bundle
+    from catalogfs.udfs.model_registry import write_default_bundle
 
     return write_default_bundle(tmp_path_factory.mktemp("bundle") / "efficientnet_lite0")
 

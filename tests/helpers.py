@@ -14,6 +14,8 @@ import time
 from catalogfs.config import Config
 from catalogfs.server_record import read_record
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout the tests run from
+
 
 def photo_bytes(name: str, fmt: str = "JPEG", **save_args) -> bytes:
     """A scikit-image photo encoded in ``fmt``."""

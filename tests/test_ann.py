@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features import ann
+from catalogfs.features import ann
 
 
 def _unit(rng, n, d):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features import delta_writer
-from features.embedding_run import ValidationFailed
-from features.tables import FRAMES
-from jobs import embed_frames
+from catalogfs.features import delta_writer
+from catalogfs.features.embedding_run import ValidationFailed
+from catalogfs.features.tables import FRAMES
+from catalogfs.jobs import embed_frames
 from tests.helpers import photo_bytes, with_database
 
 

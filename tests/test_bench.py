@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from catalogfs.config import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 
 def test_engine_bench_runs_and_reports_both_rates(tmp_path, monkeypatch, capsys):

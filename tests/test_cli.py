@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from catalogfs.config import DEFAULT_CONF_DIR, PROJECT_ROOT, load_config
-from jobs import cli
-from jobs import embed_frames, make_sample_videos
+from catalogfs.config import DEFAULT_CONF_DIR, load_config
+from tests.helpers import PROJECT_ROOT
+from catalogfs.jobs import cli
+from catalogfs.jobs import embed_frames, make_sample_videos
 
 
 def test_help_lists_every_command(capsys):
@@ -122,7 +123,7 @@ def _run_catalogfs(data_root, *args: str):
     env.update(SPARK_LOCAL_IP="127.0.0.1", GX_ANALYTICS_ENABLED="false")
     logs = data_root / "logs"
     before = set(logs.glob("*.log")) if logs.exists() else set()
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", *args, "--set", f"storage.data_root={data_root}"],
+    done = subprocess.run([sys.executable, "-m", "catalogfs.jobs.cli", *args, "--set", f"storage.data_root={data_root}"],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
     return done, sorted(set(logs.glob("*.log")) - before)
 
@@ -174,7 +175,7 @@ def test_a_long_java_stack_is_cut_short_on_the_terminal_and_kept_in_the_jvm_log(
     21,000 lines): the terminal gets its head and every ``Caused by:``, the JVM log all of it. No JVM:
     build_spark is replaced by one that only names a log file, as the real one does."""
     from catalogfs import spark as spark_module
-    from jobs.job_main import TRACEBACK_LINES_SHOWN, run_main
+    from catalogfs.jobs.job_main import TRACEBACK_LINES_SHOWN, run_main
 
     jvm_log = tmp_path / "spark-test.log"
     jvm_log.write_text("JVM output\n")

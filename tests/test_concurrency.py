@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
-from features.embedding_run import run_embedding
-from features.publish import PublishConflict, is_commit_conflict, publish_with_retries
-from features.spaces import EmbeddingSpace
-from features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
-from jobs import embed_frames, extract_frames
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.features.embedding_run import run_embedding
+from catalogfs.features.publish import PublishConflict, is_commit_conflict, publish_with_retries
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.jobs import embed_frames, extract_frames
 from tests.helpers import with_database
-from udfs.model_bundle import BundleSpec
-from udfs.model_registry import ResolvedModel
+from catalogfs.udfs.model_bundle import BundleSpec
+from catalogfs.udfs.model_registry import ResolvedModel
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def _race(spark, race_fixture, *, max_attempts: int) -> dict:
 
 def test_the_publisher_that_loses_the_race_retries_and_wins(spark, race, caplog):
     cfg, _current, model, space, _ = race
-    caplog.set_level(logging.WARNING, logger="features.publish")
+    caplog.set_level(logging.WARNING, logger="catalogfs.features.publish")
     outcome = _race(spark, race, max_attempts=3)
     assert "error" not in outcome, str(outcome.get("error"))[:3000]
     # the first commit lost the race, the retry went through: one lost race logged, every table written

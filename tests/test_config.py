@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from catalogfs.config import DEFAULT_CONF_DIR, PROJECT_ROOT, ConfigError, load_config
+from catalogfs.config import DEFAULT_CONF_DIR, ConfigError, load_config
+from tests.helpers import PROJECT_ROOT
 
 LOCAL = DEFAULT_CONF_DIR / "local.yaml"
 

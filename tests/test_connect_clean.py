@@ -80,8 +80,8 @@ class _Engine:
 def test_embed_udf_reports_passes_and_loads_in_its_rows(monkeypatch, tmp_path, cached):
     """Each batch puts its forward passes on its first row; the first non-empty batch of a worker
     that had to load the model carries model_load 1 — the sums are what the accumulators counted."""
-    from udfs import spark_udf
-    from udfs.engine import EngineOptions
+    from catalogfs.udfs import spark_udf
+    from catalogfs.udfs.engine import EngineOptions
 
     monkeypatch.setattr(spark_udf, "local_bundle_dir", lambda uri, cache: tmp_path)
     monkeypatch.setattr(spark_udf, "is_cached", lambda directory, options: cached)
@@ -116,8 +116,8 @@ class _Recorder:
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_merge_is_one_sql_statement_over_a_dropped_temp_view(monkeypatch, fail):
-    from features import delta_writer
-    from features.tables import FEATURE_VERSIONS
+    from catalogfs.features import delta_writer
+    from catalogfs.features.tables import FEATURE_VERSIONS
 
     rec = _Recorder(fail)
     monkeypatch.setattr(delta_writer, "check_schema", lambda *a, **k: None)

@@ -83,25 +83,25 @@ def chain(tmp_path_factory):
 
     runs: list = []
     states = []
-    assert run("jobs.demo", "kill@udf") == -signal.SIGKILL, runs[-1][3][-3000:]
+    assert run("catalogfs.jobs.demo", "kill@udf") == -signal.SIGKILL, runs[-1][3][-3000:]
     states.append(_read(cfg))
-    assert run("jobs.embed_frames", "kill@after_staging") == -signal.SIGKILL, runs[-1][3][-3000:]
+    assert run("catalogfs.jobs.embed_frames", "kill@after_staging") == -signal.SIGKILL, runs[-1][3][-3000:]
     states.append(_read(cfg))
-    assert run("jobs.embed_frames", "crash-first-attempt@udf,kill@publish",
+    assert run("catalogfs.jobs.embed_frames", "crash-first-attempt@udf,kill@publish",
                "spark.master=local[2,3]") == -signal.SIGKILL, runs[-1][3][-3000:]
     states.append(_read(cfg))
-    assert run("jobs.embed_frames", "kill@before_lineage") == -signal.SIGKILL, runs[-1][3][-3000:]
+    assert run("catalogfs.jobs.embed_frames", "kill@before_lineage") == -signal.SIGKILL, runs[-1][3][-3000:]
     states.append(_read(cfg))
-    assert run("jobs.embed_frames", "kill@before_views") == -signal.SIGKILL, runs[-1][3][-3000:]
+    assert run("catalogfs.jobs.embed_frames", "kill@before_views") == -signal.SIGKILL, runs[-1][3][-3000:]
     states.append(_read(cfg))
-    assert run("jobs.embed_frames", None) == 0, runs[-1][3][-3000:]
+    assert run("catalogfs.jobs.embed_frames", None) == 0, runs[-1][3][-3000:]
     states.append(_read(cfg))
     from deltalake import DeltaTable
 
     DeltaTable(str(cfg.storage.table_path("frames"))).delete(f"video_id = '{REMOVED}'")  # another writer
-    assert run("jobs.embed_frames", "kill@publish") == -signal.SIGKILL, runs[-1][3][-3000:]
+    assert run("catalogfs.jobs.embed_frames", "kill@publish") == -signal.SIGKILL, runs[-1][3][-3000:]
     states.append(_read(cfg))
-    assert run("jobs.embed_frames", None) == 0, runs[-1][3][-3000:]
+    assert run("catalogfs.jobs.embed_frames", None) == 0, runs[-1][3][-3000:]
     states.append(_read(cfg))
     fired = [line.split()[2] for line in log.read_text().splitlines()]
     assert any(spark_dirs.iterdir()), "the jobs did not use SPARK_LOCAL_DIRS"
@@ -180,8 +180,8 @@ def test_a_removal_cut_between_tables_is_completed(chain):
 
 
 def test_rerun_after_crashes_publishes_every_frame_once_with_the_right_vectors(chain):
-    from udfs.engine import EmbeddingEngine, EngineOptions
-    from udfs.model_registry import write_default_bundle
+    from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
+    from catalogfs.udfs.model_registry import write_default_bundle
 
     cfg, states, _ = chain
     final = states[-1]

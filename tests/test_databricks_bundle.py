@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catalogfs.config import PROJECT_ROOT, load_config
+from catalogfs.config import load_config
+from tests.helpers import PROJECT_ROOT
 
 BUNDLE = PROJECT_ROOT / "databricks.yml"
 
@@ -63,8 +64,8 @@ def test_gpu_cluster_asks_one_task_per_gpu():
 
 def test_three_part_names_work_in_local_spark(spark, cfg):
     """catalog.database.table names (as Unity Catalog uses) through the same code paths."""
-    from features import delta_writer
-    from features.tables import FEATURE_VERSIONS
+    from catalogfs.features import delta_writer
+    from catalogfs.features.tables import FEATURE_VERSIONS
     from tests.helpers import with_database
 
     three = with_database(cfg, "uc_features")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from tests.helpers import photo_bytes
-from udfs.efficientnet_lite import EfficientNetLite0, build_efficientnet_lite0, load_packaged_state_dict
-from udfs.engine import EmbeddingEngine, EngineOptions
+from catalogfs.udfs.efficientnet_lite import EfficientNetLite0, build_efficientnet_lite0, load_packaged_state_dict
+from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
 from catalogfs.statuses import Status
-from udfs.model_bundle import BundleError, load_bundle
+from catalogfs.udfs.model_bundle import BundleError, load_bundle
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -190,9 +190,9 @@ def test_batches_are_also_cut_by_bytes(engine, monkeypatch):
 
 
 def test_gpu_decode_and_pinned_memory_are_not_used_on_cpu(engine, monkeypatch):
-    from udfs import engine as engine_module
-    from udfs.engine import use_gpu_decode
-    from udfs.preprocess import PreprocessSpec
+    from catalogfs.udfs import engine as engine_module
+    from catalogfs.udfs.engine import use_gpu_decode
+    from catalogfs.udfs.preprocess import PreprocessSpec
 
     assert engine.device.type == "cpu" and not engine.gpu_decode and engine._prefetch is None
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
@@ -223,9 +223,9 @@ TENSOR_SPECS = [
 @pytest.mark.parametrize("settings", TENSOR_SPECS)
 def test_tensor_preprocessing_matches_the_pil_path(settings):
     """torchvision decode + tensor preprocessing (here on the CPU) ≈ PIL decode + to_array."""
-    from udfs.gpu_decode import decode_jpeg_tensor
-    from udfs.images import decode_image
-    from udfs.preprocess import PreprocessSpec
+    from catalogfs.udfs.gpu_decode import decode_jpeg_tensor
+    from catalogfs.udfs.images import decode_image
+    from catalogfs.udfs.preprocess import PreprocessSpec
 
     spec = PreprocessSpec(**settings)
     for name in ("chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "astronaut.png"):
@@ -243,8 +243,8 @@ def test_frames_the_tensor_path_does_not_handle_are_refused_before_decoding():
 
     from PIL import Image
 
-    from udfs.gpu_decode import NotForTensorPath, decode_jpeg_tensor
-    from udfs.preprocess import PreprocessSpec
+    from catalogfs.udfs.gpu_decode import NotForTensorPath, decode_jpeg_tensor
+    from catalogfs.udfs.preprocess import PreprocessSpec
 
     spec = PreprocessSpec()
     exif = Image.Exif()
@@ -302,7 +302,7 @@ def test_an_export_that_disagrees_with_the_model_is_not_served(default_bundle, t
     """A cached export that computes something else than the loaded weights (here: weights changed
     in memory after the export) is refused: PyTorch serves the model, or with runtime
     'onnxruntime' the engine fails."""
-    from udfs.onnx_runtime import OnnxExportError
+    from catalogfs.udfs.onnx_runtime import OnnxExportError
 
     monkeypatch.setenv("CATALOGFS_ONNX_CACHE", str(tmp_path))
     EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))  # caches the export

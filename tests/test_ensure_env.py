@@ -39,7 +39,8 @@ def _newer_than(folder: Path, since_ns: int) -> list[str]:
 
 def test_this_clones_python_imports_this_clones_code_and_spark_conf():
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_CONF_DIR", "PYTHONPATH")}
-    code = "import os, catalogfs, jobs; print(catalogfs.__file__); print(jobs.__file__); print(os.environ['SPARK_CONF_DIR'])"
+    code = ("import os, catalogfs, catalogfs.jobs as jobs; print(catalogfs.__file__); print(jobs.__file__); "
+            "print(os.environ['SPARK_CONF_DIR'])")
     done = subprocess.run([str(VENV / "bin" / "python"), "-c", code], cwd="/", env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

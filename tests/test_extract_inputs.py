@@ -14,9 +14,9 @@ import unicodedata
 
 import pytest
 
-import features.video_frames as vf
+import catalogfs.features.video_frames as vf
 from catalogfs.config import DEFAULT_CONF_DIR, ConfigError, load_config
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
 NFD_NAME = unicodedata.normalize("NFD", "café ünïcode name")  # how macOS writes accented names
 
@@ -127,8 +127,8 @@ def test_extensions_config_key(tmp_path):
 
 
 def test_summary_line_names_the_skipped_files(cfg, capsys):
-    from features.frames import FramesPublish
-    from jobs.extract_frames import ExtractResult, print_result
+    from catalogfs.features.frames import FramesPublish
+    from catalogfs.jobs.extract_frames import ExtractResult, print_result
 
     skipped = vf.SkippedFiles(reasons=((vf.SKIP_EXTENSION, 2),), examples=("a.gif", "b.txt"))
     publish = FramesPublish(videos=1, frames=3, status_counts={"ok": 3}, changed_rows=3, table_version=1)
@@ -182,7 +182,7 @@ def inputs_cfg(cfg):
 
 def _frames(spark, cfg) -> dict[str, set[tuple[str, str]]]:
     """video id → {(source_uri, content_sha256)} of its ok frames."""
-    from features.tables import FRAMES
+    from catalogfs.features.tables import FRAMES
 
     out: dict[str, set[tuple[str, str]]] = {}
     for r in spark.table(cfg.storage.qualified(FRAMES.name)).where("status = 'ok'").collect():
@@ -191,10 +191,10 @@ def _frames(spark, cfg) -> dict[str, set[tuple[str, str]]]:
 
 
 def test_an_id_from_another_file_is_refused_until_replaced(spark, inputs_cfg, tmp_path, capsys):
-    from jobs import cli
+    from catalogfs.jobs import cli
     from catalogfs.errors import InputError
-    from features import delta_writer
-    from jobs import extract_frames
+    from catalogfs.features import delta_writer
+    from catalogfs.jobs import extract_frames
 
     cfg = inputs_cfg
     first, second, moved = tmp_path / "first", tmp_path / "second", tmp_path / "moved"
@@ -249,14 +249,14 @@ def test_an_id_from_another_file_is_refused_until_replaced(spark, inputs_cfg, tm
 
 
 def test_skipped_files_are_in_the_result_and_the_log(spark, inputs_cfg, tmp_path, caplog):
-    from jobs import extract_frames
+    from catalogfs.jobs import extract_frames
 
     folder = tmp_path / "mixed"
     video = make_sample_videos(folder, seconds=1.0, fps=4, width=160, height=96,
                                photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "flower"))[0]
     video.rename(folder / "skip_test_flower.mp4")
     _touch(folder, "poster.gif", "notes.txt", ".DS_Store")
-    caplog.set_level(logging.WARNING, logger="jobs.extract_frames")
+    caplog.set_level(logging.WARNING, logger="catalogfs.jobs.extract_frames")
     result = extract_frames.run(spark, inputs_cfg, input=str(folder))
     assert result.publish.videos == 1 and result.publish.status_counts == {"ok": 1}
     assert dict(result.skipped.reasons) == {vf.SKIP_EXTENSION: 2, vf.SKIP_HIDDEN: 1}
@@ -268,7 +268,7 @@ def test_skipped_files_are_in_the_result_and_the_log(spark, inputs_cfg, tmp_path
 # ---------------------------------------------------------------- arguments (no Spark: they fail first)
 
 def test_input_and_manifest_exclude_each_other(capsys):
-    from jobs import cli
+    from catalogfs.jobs import cli
 
     assert cli.main(["extract-frames", "--input", "/v", "--manifest", "ids.csv"]) == 2
     err = capsys.readouterr().err
@@ -277,7 +277,7 @@ def test_input_and_manifest_exclude_each_other(capsys):
 
 def test_only_skipped_files_is_no_videos_naming_them(cfg, tmp_path):
     from catalogfs.errors import InputError
-    from jobs import extract_frames
+    from catalogfs.jobs import extract_frames
 
     _touch(tmp_path, "poster.gif", "notes.txt")
     with pytest.raises(InputError) as info:

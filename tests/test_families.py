@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from udfs.bundle_format import BundleSpec, FlagSettings, read_spec, write_spec
-from udfs.efficientnet_lite import EfficientNetLite0Options
-from udfs.families import FAMILIES, family, serves_onnx_on_cpu
-from udfs.hf_models import TransformersOptions
-from udfs.model_bundle import BundleError, bundle_labels, copy_with_flags, load_bundle
-from udfs.model_registry import bundle_metadata
-from udfs.preprocess import PreprocessSpec
+from catalogfs.udfs.bundle_format import BundleSpec, FlagSettings, read_spec, write_spec
+from catalogfs.udfs.efficientnet_lite import EfficientNetLite0Options
+from catalogfs.udfs.families import FAMILIES, family, serves_onnx_on_cpu
+from catalogfs.udfs.hf_models import TransformersOptions
+from catalogfs.udfs.model_bundle import BundleError, bundle_labels, copy_with_flags, load_bundle
+from catalogfs.udfs.model_registry import bundle_metadata
+from catalogfs.udfs.preprocess import PreprocessSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from udfs.engine import EmbeddingEngine, EngineOptions
-from udfs.flags import FlagsError, load_flags_file, load_taxonomy, parse_flags
-from udfs.model_bundle import BundleError, BundleSpec, LoadedModel
-from udfs.preprocess import PreprocessSpec
+from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
+from catalogfs.udfs.flags import FlagsError, load_flags_file, load_taxonomy, parse_flags
+from catalogfs.udfs.model_bundle import BundleError, BundleSpec, LoadedModel
+from catalogfs.udfs.preprocess import PreprocessSpec
 
 LABELS = ["bright", "dark", "neutral"]
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from tests.helpers import photo_bytes
 from catalogfs.statuses import Status
-from udfs.images import decode_image
+from catalogfs.udfs.images import decode_image
 
 LIMIT = 40_000_000
 

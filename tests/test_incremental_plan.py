@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from features.lineage import last_checkpoint
-from features.run_plan import PlanScope, SpaceTables, plan_run, plan_scope
-from jobs import embed_frames, extract_frames
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.features.lineage import last_checkpoint
+from catalogfs.features.run_plan import PlanScope, SpaceTables, plan_run, plan_scope
+from catalogfs.jobs import embed_frames, extract_frames
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from tests.helpers import with_database
 
 DATABASE = "incremental_plan_features"
@@ -53,7 +53,7 @@ def _frames(spark, cfg) -> set:
 
 def _plans(spark, cfg, space):
     """The plan of the catalogue as it is now, incremental (from the last checkpoint) and full."""
-    from features.lineage import changed_outside_runs, recent_commits
+    from catalogfs.features.lineage import changed_outside_runs, recent_commits
 
     tables = SpaceTables.read(spark, cfg.storage, space, with_flags=False)  # the default model has no flags
     checkpoint = last_checkpoint(spark, cfg, space)

@@ -23,9 +23,9 @@ import pytest
 
 from catalogfs import failpoints
 from catalogfs.errors import EXIT_INTEGRITY, EXIT_OK
-from features.integrity import METADATA_OPERATIONS, commit_problem
-from jobs import embed_frames, extract_frames, verify
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.features.integrity import METADATA_OPERATIONS, commit_problem
+from catalogfs.jobs import embed_frames, extract_frames, verify
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from tests.helpers import with_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_what_a_job_creates_under_the_data_root_is_private(tmp_path):
                        photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "coffee_cup"))
     root = tmp_path / "private" / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "CATALOGFS_FAILPOINT"))}
-    proc = subprocess.run([sys.executable, "-m", "jobs.extract_frames", "--quiet", "--input", str(videos),
+    proc = subprocess.run([sys.executable, "-m", "catalogfs.jobs.extract_frames", "--quiet", "--input", str(videos),
                            "--set", f"storage.data_root={root}", "--set", "spark.master=local[1]",
                            "--set", "server.use=never"],
                           cwd=ROOT, env={**env, "SPARK_LOCAL_IP": "127.0.0.1"}, capture_output=True, text=True,

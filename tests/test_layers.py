@@ -3,11 +3,17 @@ downwards, no module cycle exists, the engine stays free of Spark, and functions
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-0. ``catalogfs`` leaf utilities: errors, statuses, config, redaction, failpoints, progress, file modes;
+0. ``catalogfs`` leaf utilities: errors, statuses, config, redaction, failpoints, progress, file modes,
+   packaged resources;
 1. ``catalogfs`` platform adapters: the Spark builder, MLflow tracking, the Delta jars;
-2. ``udfs`` (the inference engine) and ``expectations`` (the suites) — neither imports the other;
-3. ``features`` (tables, the write-audit-publish run);
-4. ``jobs`` (the application: CLI, job runner, run report, sample data, the jobs themselves).
+2. ``catalogfs.udfs`` (the inference engine) and ``catalogfs.expectations`` (the suites) — neither
+   imports the other;
+3. ``catalogfs.features`` (tables, the write-audit-publish run);
+4. ``catalogfs.jobs`` (the application: CLI, job runner, run report, sample data, the jobs themselves);
+5. ``catalogfs`` itself (``__init__``): the public API, imported lazily from the layers below.
+
+Each layer lives in its own folder of the repository (``catalogfs/``, ``udfs/`` …), mapped into the one
+``catalogfs`` package by setup.cfg's ``package_dir``.
 """
 
 from __future__ import annotations
@@ -18,26 +24,41 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("catalogfs", "udfs", "expectations", "features", "jobs")
+# repository folder → the package it is mapped to
+FOLDERS = {"catalogfs": "catalogfs", "udfs": "catalogfs.udfs", "expectations": "catalogfs.expectations",
+           "features": "catalogfs.features", "jobs": "catalogfs.jobs"}
+PACKAGES = tuple(FOLDERS.values())
 LEAF = {"catalogfs.errors", "catalogfs.statuses", "catalogfs.config", "catalogfs.redaction",
-        "catalogfs.failpoints", "catalogfs.progress", "catalogfs.permissions"}
+        "catalogfs.failpoints", "catalogfs.progress", "catalogfs.permissions", "catalogfs.packaged"}
 # udfs modules that may touch Spark: the pandas UDF wrapper only
-SPARK_IN_UDFS = {"udfs.spark_udf"}
+SPARK_IN_UDFS = {"catalogfs.udfs.spark_udf"}
 MAX_FUNCTION_LINES = 60
 
 
 def layer(module: str) -> tuple[int, str]:
     """(rank, group): modules may import lower ranks, and their own rank only within their group."""
-    package = module.split(".")[0]
-    if package == "catalogfs":
-        return (0, "leaf") if module in LEAF or module == "catalogfs" else (1, "platform")
-    return {"udfs": (2, "udfs"), "expectations": (2, "expectations"), "features": (3, "features"),
-            "jobs": (4, "jobs")}[package]
+    if module == "catalogfs":
+        return (5, "api")
+    parts = module.split(".")
+    sub = parts[1] if len(parts) > 1 else ""
+    ranks = {"udfs": (2, "udfs"), "expectations": (2, "expectations"), "features": (3, "features"),
+             "jobs": (4, "jobs")}
+    if sub in ranks:
+        return ranks[sub]
+    return (0, "leaf") if module in LEAF else (1, "platform")
+
+
+def package_of(module: str) -> str | None:
+    """The mapped package ``module`` belongs to (``catalogfs.features.x`` → ``catalogfs.features``)."""
+    for package in sorted(PACKAGES, key=len, reverse=True):
+        if module == package or module.startswith(package + "."):
+            return package
+    return None
 
 
 def modules() -> dict[str, Path]:
-    return {f"{p.parent.name}.{p.stem}".removesuffix(".__init__"): p
-            for package in PACKAGES for p in sorted((ROOT / package).glob("*.py"))}
+    return {f"{package}.{p.stem}".removesuffix(".__init__"): p
+            for folder, package in FOLDERS.items() for p in sorted((ROOT / folder).glob("*.py"))}
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
@@ -54,7 +75,7 @@ def imports(path: Path) -> list[tuple[str, int]]:
 
 
 def project_imports(path: Path, known: set[str]) -> list[tuple[str, int]]:
-    return [(name, line) for name, line in imports(path) if name in known and name.split(".")[0] in PACKAGES]
+    return [(name, line) for name, line in imports(path) if name in known and package_of(name)]
 
 
 def test_imports_follow_the_layer_order():
@@ -83,7 +104,7 @@ def test_no_import_cycles():
 def test_the_engine_and_the_leaf_utilities_do_not_import_spark():
     wrong = []
     for module, path in modules().items():
-        spark_free = (module.startswith("udfs.") and module not in SPARK_IN_UDFS) or module in LEAF
+        spark_free = (module.startswith("catalogfs.udfs.") and module not in SPARK_IN_UDFS) or module in LEAF
         if spark_free:
             wrong += [f"{path.relative_to(ROOT)}:{line} imports {name}" for name, line in imports(path)
                       if name.split(".")[0] in ("pyspark", "delta")]
@@ -105,9 +126,9 @@ def test_functions_stay_short(package):
 def test_the_checks_see_a_wrong_import(tmp_path):
     """The checker itself: an upward import and a cycle in a made-up module graph are found."""
     path = tmp_path / "m.py"
-    path.write_text("from jobs.cli import main\n\ndef f():\n    from features import publish\n")
-    assert ("jobs.cli", 1) in imports(path) and ("features.publish", 4) in imports(path)
-    assert layer("udfs.engine") < layer("jobs.cli")
+    path.write_text("from catalogfs.jobs.cli import main\n\ndef f():\n    from catalogfs.features import publish\n")
+    assert ("catalogfs.jobs.cli", 1) in imports(path) and ("catalogfs.features.publish", 4) in imports(path)
+    assert layer("catalogfs.udfs.engine") < layer("catalogfs.jobs.cli")
     assert _strongly_connected({"a": ["b"], "b": ["a"], "c": ["a"]}) == [["a", "b"]]
 
 

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from features.maintenance import interval_hours, retention_hours, sweep_staging, vacuum_keep_versions
+from catalogfs.features.maintenance import interval_hours, retention_hours, sweep_staging, vacuum_keep_versions
 
 
 def test_retention_window_rounds_up_to_whole_hours():

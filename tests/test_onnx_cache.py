@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from udfs.onnx_runtime import cache_dir, load_onnx_module  # noqa: E402
+from catalogfs.udfs.onnx_runtime import cache_dir, load_onnx_module  # noqa: E402
 
 INPUT_SHAPE = (1, 3, 8, 8)
 

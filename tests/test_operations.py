@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
 from catalogfs.tracking import configure_mlflow
-from features import promotion
-from jobs import embed_frames, extract_frames, models, spaces
+from catalogfs.features import promotion
+from catalogfs.jobs import embed_frames, extract_frames, models, spaces
 from tests.helpers import with_database
 
 MODEL = "efficientnet_lite0_imagenet"
@@ -100,7 +100,7 @@ def test_registry_errors_are_retried_never_read_as_a_missing_alias(ops, monkeypa
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from udfs import model_registry
+    from catalogfs.udfs import model_registry
 
     cfg, _, _ = ops
     experiment = configure_mlflow(cfg)
@@ -150,8 +150,8 @@ def test_one_broken_upload_does_not_block_the_catalogue(spark, ops, tmp_path_fac
 
 def test_pipeline_failures_still_fail_the_gate(spark, ops, monkeypatch):
     """A model that fails every frame never publishes: inference errors are the pipeline's own."""
-    from features import run_plan, staging
-    from features.embedding_run import ValidationFailed
+    from catalogfs.features import run_plan, staging
+    from catalogfs.features.embedding_run import ValidationFailed
 
     cfg, first, _ = ops
     real = staging.compute_frame_candidates
@@ -226,7 +226,7 @@ def _challenger(cfg, default_bundle, tmp_path_factory) -> str:
     """Register a second version of the default model (another resize: another space) as challenger."""
     from mlflow import MlflowClient
 
-    from udfs.model_registry import register_bundle
+    from catalogfs.udfs.model_registry import register_bundle
 
     folder = tmp_path_factory.mktemp("ops_challenger") / "model"
     shutil.copytree(default_bundle, folder)

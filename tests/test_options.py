@@ -8,8 +8,9 @@ from dataclasses import fields
 
 import yaml
 
-from catalogfs.config import DEFAULT_CONF_DIR, PROJECT_ROOT, InferenceConfig
-from udfs.engine import GPU_DECODE_MODES, RUNTIMES, EngineOptions
+from catalogfs.config import DEFAULT_CONF_DIR, InferenceConfig
+from tests.helpers import PROJECT_ROOT
+from catalogfs.udfs.engine import GPU_DECODE_MODES, RUNTIMES, EngineOptions
 
 CONFIG_FIELDS = set(InferenceConfig.model_fields)
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
-from features import delta_writer
-from jobs import embed_frames, extract_frames
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from catalogfs.features import delta_writer
+from catalogfs.jobs import embed_frames, extract_frames
 from tests.helpers import with_database
 
 CAT_CLASSES = {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese", "Egyptian cat"}
@@ -152,7 +152,7 @@ def _cli_overrides(cfg):
 
 
 def test_sql_command_prints_rows_and_json(e2e, capsys):
-    from jobs import sql
+    from catalogfs.jobs import sql
 
     cfg, _, _, _ = e2e
     query = (f"SELECT video_id, label, score FROM {cfg.storage.database}.video_labels "
@@ -177,7 +177,7 @@ def test_time_travel_reads_an_earlier_version(spark, e2e):
 
 def test_new_video_embeds_only_its_frames_and_removed_video_is_deleted(spark, e2e, tmp_path):
     """Incremental recompute and the removal policy, on a separate database."""
-    from features.tables import FRAMES
+    from catalogfs.features.tables import FRAMES
 
     cfg, videos, _, _ = e2e
     cfg = with_database(cfg, "incremental_features")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from catalogfs.errors import ReadOnlyRefused
-from features.read_only import beyond_the_catalogue, require_read_only, writing_node
-from jobs import sql
+from catalogfs.features.read_only import beyond_the_catalogue, require_read_only, writing_node
+from catalogfs.jobs import sql
 
 DB = "readonly_features"
 T = f"{DB}.labels"

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from jobs import cli
+from catalogfs.jobs import cli
 from catalogfs.config import DEFAULT_CONF_DIR, ConfigError, load_config
 from catalogfs.redaction import install_log_redaction, is_secret_key, redact, redact_text, secret_values
 from catalogfs.tracking import config_params

@@ -53,10 +53,10 @@ def _block_image_tower(monkeypatch):
 def test_scorer_gives_the_engines_labels_from_its_vectors(clip_hf, taxonomies, tmp_path, monkeypatch):
     """Engine with taxonomy v2 on photos == scorer (v2, built from a v1 bundle's text tower) on the
     engine's vectors; building and using the scorer runs no image forward pass."""
-    from udfs.engine import EmbeddingEngine, EngineOptions
-    from udfs.flags import load_taxonomy
-    from udfs.hf_models import write_transformers_bundle
-    from udfs.relabel import zero_shot_scorer
+    from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
+    from catalogfs.udfs.flags import load_taxonomy
+    from catalogfs.udfs.hf_models import write_transformers_bundle
+    from catalogfs.udfs.relabel import zero_shot_scorer
 
     v1, v2 = load_taxonomy(taxonomies["content-v1"]), load_taxonomy(taxonomies["content-v2"])
     bundle_v2 = write_transformers_bundle(clip_hf, tmp_path / "v2", taxonomy=v2.labels, taxonomy_version=v2.version,
@@ -81,10 +81,10 @@ def test_scorer_gives_the_engines_labels_from_its_vectors(clip_hf, taxonomies, t
 
 def test_non_clip_models_are_refused(tmp_path):
     from catalogfs.errors import EXIT_CONFIG, RelabelError
-    from udfs.bundle_format import read_spec
-    from udfs.hf_models import write_transformers_bundle
-    from udfs.model_registry import default_bundle_spec
-    from udfs.relabel import require_zero_shot
+    from catalogfs.udfs.bundle_format import read_spec
+    from catalogfs.udfs.hf_models import write_transformers_bundle
+    from catalogfs.udfs.model_registry import default_bundle_spec
+    from catalogfs.udfs.relabel import require_zero_shot
 
     with pytest.raises(RelabelError, match="not CLIP-like") as caught:
         require_zero_shot(default_bundle_spec(), what="space efficientnet")
@@ -99,7 +99,7 @@ def _table(spark, cfg, table, space):
 
 
 def _versions(spark, cfg):
-    from features.delta_writer import table_version
+    from catalogfs.features.delta_writer import table_version
 
     return {t: table_version(spark, cfg.storage, t) for t in ("frame_embeddings", "video_labels", "video_flags",
                                                                "video_embeddings")}
@@ -109,8 +109,8 @@ def _versions(spark, cfg):
 def catalogue(spark, cfg, clip_hf, taxonomies, tmp_path_factory):
     """Frames of two videos; space A by ``relabel_clip`` (taxonomy v1, serving: current) and space
     B by ``relabel_clip_v2`` (the same weights registered with taxonomy v2: the full re-embed)."""
-    from jobs import embed_frames, extract_frames, models
-    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from catalogfs.jobs import embed_frames, extract_frames, models
+    from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
     cfg = with_database(cfg, DATABASE)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "relabel_clip"})})
@@ -129,8 +129,8 @@ def catalogue(spark, cfg, clip_hf, taxonomies, tmp_path_factory):
 
 def test_failed_validation_and_dry_run_publish_nothing(spark, catalogue, taxonomies, monkeypatch):
     from catalogfs.errors import ValidationFailed
-    from features import relabel
-    from jobs.relabel import run
+    from catalogfs.features import relabel
+    from catalogfs.jobs.relabel import run
 
     cfg, space_a, _ = catalogue
     before, labels = _versions(spark, cfg), _table(spark, cfg, "video_labels", space_a)
@@ -150,8 +150,8 @@ def test_failed_validation_and_dry_run_publish_nothing(spark, catalogue, taxonom
 
 
 def test_relabel_equals_a_full_re_embed_with_the_new_taxonomy(spark, catalogue, taxonomies, monkeypatch, capsys):
-    from features.lineage import changed_outside_runs, last_checkpoint, recent_commits
-    from jobs import embed_frames, relabel
+    from catalogfs.features.lineage import changed_outside_runs, last_checkpoint, recent_commits
+    from catalogfs.jobs import embed_frames, relabel
 
     cfg, space_a, space_b = catalogue
     frames_before = {(r["video_id"], r["frame_ts_ms"]): r for r in _table(spark, cfg, "frame_embeddings", space_a)}
@@ -214,9 +214,9 @@ def test_later_embed_runs_label_new_frames_with_the_relabelled_taxonomy(spark, c
     labels a new video with v2: its rows equal those of space B (the model registered with v2), and
     every label row of the space is of v2. Re-using the version v2 for another taxonomy is refused."""
     from catalogfs.errors import RelabelError
-    from jobs import embed_frames, extract_frames
-    from jobs.relabel import run as relabel_run
-    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from catalogfs.jobs import embed_frames, extract_frames
+    from catalogfs.jobs.relabel import run as relabel_run
+    from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
     cfg, space_a, space_b = catalogue
     recorded = spark.table(cfg.storage.qualified("taxonomies")).collect()
@@ -257,7 +257,7 @@ def test_a_taxonomy_relabelled_before_it_was_recorded_warns_and_keeps_the_regist
     """A data root relabelled by a catalogfs without the ``taxonomies`` table (simulated: the table
     dropped): the next embed run neither fails nor guesses — it warns, names the fix, and the table
     is created again."""
-    from jobs import embed_frames
+    from catalogfs.jobs import embed_frames
 
     cfg, space_a, _ = catalogue
     spark.sql(f"DROP TABLE {cfg.storage.qualified('taxonomies')}")

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features import delta_writer
-from features.embedding_run import EmbedResult
-from features.spaces import EmbeddingSpace
-from features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
-from jobs import run_report
+from catalogfs.features import delta_writer
+from catalogfs.features.embedding_run import EmbedResult
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.jobs import run_report
 from tests.helpers import with_database
 
 DATABASE = "run_report_features"

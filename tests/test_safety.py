@@ -16,13 +16,13 @@ from datetime import datetime, timezone
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import cli
+from catalogfs.jobs import cli
 from catalogfs.config import DEFAULT_CONF_DIR
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
-from features import delta_writer
-from features.publish import publish_candidates
-from features.spaces import EmbeddingSpace
-from features.tables import (
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.features import delta_writer
+from catalogfs.features.publish import publish_candidates
+from catalogfs.features.spaces import EmbeddingSpace
+from catalogfs.features.tables import (
     ALL_TABLES,
     FEATURE_VERSIONS,
     FRAME_EMBEDDINGS,
@@ -30,7 +30,7 @@ from features.tables import (
     VIDEO_EMBEDDINGS,
     VIDEO_LABELS,
 )
-from jobs import extract_frames
+from catalogfs.jobs import extract_frames
 from tests.bad_videos import FULL_FRAMES_AT_1FPS, write_bad_videos
 from tests.helpers import with_database
 

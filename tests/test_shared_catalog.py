@@ -23,8 +23,8 @@ import time
 import numpy as np
 import pytest
 
-from jobs import embed_frames, extract_frames
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.jobs import embed_frames, extract_frames
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from tests.helpers import (
     beeline_csv_lines, beeline_script, free_ports, server_env, stop_process_group, wait_until_served, with_database,
 )

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from features.knn import top_k_neighbours
+from catalogfs.features.knn import top_k_neighbours
 
 
 def _unit(rng, n, d):
@@ -37,8 +37,8 @@ def test_exclude_self_and_small_corpus():
 
 @pytest.fixture(scope="module")
 def space(spark, cfg, tmp_path_factory):
-    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
-    from jobs import embed_frames, extract_frames
+    from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from catalogfs.jobs import embed_frames, extract_frames
     from tests.helpers import with_database
 
     cfg = with_database(cfg, "similar_features")
@@ -58,7 +58,7 @@ def _brute_force(spark, cfg, space_id):
 
 
 def test_similar_command_matches_numpy_on_real_embeddings(spark, space, capsys):
-    from jobs import similar
+    from catalogfs.jobs import similar
 
     cfg, space_id = space
     ids, vectors = _brute_force(spark, cfg, space_id)
@@ -78,7 +78,7 @@ def test_similar_command_matches_numpy_on_real_embeddings(spark, space, capsys):
 
 
 def test_video_neighbors_table(spark, space):
-    from jobs import video_neighbors
+    from catalogfs.jobs import video_neighbors
 
     cfg, space_id = space
     assert video_neighbors.run(spark, cfg, k=2) == (space_id, 12)
@@ -97,9 +97,9 @@ def test_video_neighbors_table(spark, space):
 def test_index_of_real_embeddings_serves_similar(spark, space, capsys):
     """`catalogfs index build` on the sample space (a flat exact index: the space is small), then
     `catalogfs similar` answers from it, with the same neighbours as numpy and as --exact."""
-    from features import ann
-    from jobs import index as index_job
-    from jobs import similar
+    from catalogfs.features import ann
+    from catalogfs.jobs import index as index_job
+    from catalogfs.jobs import similar
 
     cfg, space_id = space
     overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=similar_features"]
@@ -123,9 +123,9 @@ def test_index_of_real_embeddings_serves_similar(spark, space, capsys):
 def test_similar_by_image_file_and_by_frame(spark, space, tmp_path, capsys):
     """An image file is embedded by the space's own model version and searched in the index: a
     photo finds the video made from it. Frame-level search matches numpy over frame_embeddings."""
-    from jobs import index as index_job
-    from jobs import similar
-    from jobs.samples import SAMPLE_PHOTOS, load_photo
+    from catalogfs.jobs import index as index_job
+    from catalogfs.jobs import similar
+    from catalogfs.jobs.samples import SAMPLE_PHOTOS, load_photo
 
     cfg, space_id = space
     overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=similar_features"]

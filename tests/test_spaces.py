@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.tracking import configure_mlflow
-from features import promotion
-from jobs import embed_frames, extract_frames, spaces
+from catalogfs.features import promotion
+from catalogfs.jobs import embed_frames, extract_frames, spaces
 from tests.helpers import with_database
 
 MODEL = "efficientnet_lite0_imagenet"
@@ -20,7 +20,7 @@ MODEL = "efficientnet_lite0_imagenet"
 def two_spaces(spark, cfg, tmp_path_factory, default_bundle):
     from mlflow import MlflowClient
 
-    from udfs.model_registry import register_bundle
+    from catalogfs.udfs.model_registry import register_bundle
 
     cfg = with_database(cfg, "spaces_features")
     videos = tmp_path_factory.mktemp("spaces_videos")
@@ -104,9 +104,9 @@ def test_drifted_new_version_is_rejected(spark, two_spaces, tmp_path, default_bu
     from mlflow import MlflowClient
     from safetensors.torch import load_file, save_file
 
-    from features import delta_writer
-    from features.embedding_run import ValidationFailed
-    from udfs.model_registry import register_bundle
+    from catalogfs.features import delta_writer
+    from catalogfs.features.embedding_run import ValidationFailed
+    from catalogfs.udfs.model_registry import register_bundle
 
     cfg, first, _ = two_spaces
     assert promotion.current_space(spark, cfg.storage) == first.space.id
@@ -132,9 +132,9 @@ def _sync(spark, cfg, copy: dict, table: str, since: int, out) -> int:
     downstream cache would; returns the version the copy is now in step with."""
     import pandas as pd
 
-    from features import delta_writer
-    from features.change_feed import table_keys
-    from jobs import changes
+    from catalogfs.features import delta_writer
+    from catalogfs.features.change_feed import table_keys
+    from catalogfs.jobs import changes
 
     until = delta_writer.table_version(spark, cfg.storage, table)
     overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", "storage.database=spaces_features"]
@@ -151,7 +151,7 @@ def _sync(spark, cfg, copy: dict, table: str, since: int, out) -> int:
 
 
 def _same(spark, cfg, copy: dict, table: str, columns: tuple[str, ...]) -> None:
-    from features.change_feed import table_keys
+    from catalogfs.features.change_feed import table_keys
 
     keys = table_keys(table)
     rows = {tuple(r[k] for k in keys): r.asDict() for r in spark.table(cfg.storage.qualified(table)).collect()}
@@ -169,8 +169,8 @@ def test_a_copy_synced_from_the_change_feed_equals_the_table(spark, two_spaces, 
     """A downstream copy of video_embeddings and feature_versions, bootstrapped from a full read,
     then kept in step only by `catalogfs changes --net` across a publish (a new video), a removal
     (a video's frames deleted: the next run deletes its rows) and a promote."""
-    from features import delta_writer
-    from features.change_feed import table_keys
+    from catalogfs.features import delta_writer
+    from catalogfs.features.change_feed import table_keys
 
     cfg, first, second = two_spaces
     tables = {"video_embeddings": ("embedding", "run_id", "n_frames"), "feature_versions": ("status", "note", "run_id")}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import pyspark
-from catalogfs.config import PROJECT_ROOT
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from tests.helpers import PROJECT_ROOT
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
 SPARK_HOME = Path(pyspark.__file__).parent
 MASTER = "org.apache.spark.deploy.master.Master"

@@ -24,12 +24,12 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
 from catalogfs.tracking import configure_mlflow
-from features import promotion
-from features.history import sync_history, synced_version
-from features.training_set import TrainingSetError, training_set
-from jobs import embed_frames, extract_frames
-from jobs import training_set as training_set_job
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.features import promotion
+from catalogfs.features.history import sync_history, synced_version
+from catalogfs.features.training_set import TrainingSetError, training_set
+from catalogfs.jobs import embed_frames, extract_frames
+from catalogfs.jobs import training_set as training_set_job
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from tests.helpers import with_database
 
 DATABASE = "training_set_features"
@@ -55,7 +55,7 @@ def _challenger(cfg, default_bundle, folder) -> str:
     """A second version of the default model (another resize: another space), under its own alias."""
     from mlflow import MlflowClient
 
-    from udfs.model_registry import register_bundle
+    from catalogfs.udfs.model_registry import register_bundle
 
     shutil.copytree(default_bundle, folder)
     spec = json.loads((folder / "model_spec.json").read_text())

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from tests.helpers import photo_bytes
-from udfs.engine import EmbeddingEngine, EngineOptions
-from udfs.hf_models import write_transformers_bundle
-from udfs.model_bundle import load_bundle
+from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
+from catalogfs.udfs.hf_models import write_transformers_bundle
+from catalogfs.udfs.model_bundle import load_bundle
 
 
 def _tiny_clip(path):
@@ -101,7 +101,7 @@ def test_preprocessing_matches_the_models_own_processor(kind, tmp_path):
     """Our batch preprocessing from a processor's config equals the processor's output (224 px)."""
     from transformers import AutoImageProcessor, CLIPImageProcessor, ViTImageProcessor
 
-    from udfs.preprocess import PreprocessSpec
+    from catalogfs.udfs.preprocess import PreprocessSpec
 
     if kind == "clip":
         CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(tmp_path)
@@ -171,8 +171,8 @@ def test_pickle_only_transformers_folder_is_refused(tmp_path, vit_bundle):
 
 def test_registered_transformers_models_write_spaces_beside_the_default(spark, cfg, tmp_path_factory,
                                                                        clip_bundle, vit_bundle):
-    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
-    from jobs import embed_frames, extract_frames, models
+    from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from catalogfs.jobs import embed_frames, extract_frames, models
     from tests.helpers import with_database
 
     cfg = with_database(cfg, "hf_features")
@@ -248,7 +248,7 @@ def test_registration_records_signature_and_metadata(cfg, moderation_vit, tmp_pa
     from mlflow import MlflowClient
     from mlflow.models.signature import ModelSignature
 
-    from jobs import models
+    from catalogfs.jobs import models
 
     overrides = ["--set", f"storage.data_root={tmp_path / 'data'}"]
     flags = tmp_path / "flags.yaml"
@@ -295,10 +295,10 @@ def test_flags_reach_delta_on_an_existing_data_root(spark, cfg, tmp_path_factory
 
     from pyspark.sql.types import StructType
 
-    from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
-    from features import delta_writer, promotion
-    from features.tables import FRAME_EMBEDDINGS
-    from jobs import embed_frames, extract_frames, models
+    from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+    from catalogfs.features import delta_writer, promotion
+    from catalogfs.features.tables import FRAME_EMBEDDINGS
+    from catalogfs.jobs import embed_frames, extract_frames, models
     from tests.helpers import with_database
 
     cfg = with_database(cfg, "flags_features")

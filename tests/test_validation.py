@@ -8,15 +8,15 @@ import pytest
 
 from pyspark.sql import functions as F
 
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.tracking import configure_mlflow
-from expectations.runner import validate_candidates
-from expectations.suites import SuiteParams, frame_embeddings_suite
-from expectations.vector_checks import with_score_checks, with_vector_checks
-from features import delta_writer
-from features.embedding_run import ValidationFailed
-from features.tables import FRAME_EMBEDDINGS
-from jobs import embed_frames, extract_frames
+from catalogfs.expectations.runner import validate_candidates
+from catalogfs.expectations.suites import SuiteParams, frame_embeddings_suite
+from catalogfs.expectations.vector_checks import with_score_checks, with_vector_checks
+from catalogfs.features import delta_writer
+from catalogfs.features.embedding_run import ValidationFailed
+from catalogfs.features.tables import FRAME_EMBEDDINGS
+from catalogfs.jobs import embed_frames, extract_frames
 from tests.helpers import with_database
 
 DIM = 4
@@ -107,7 +107,7 @@ def test_failed_validation_leaves_published_tables_untouched(spark, cfg, tmp_pat
     lineage row, the report kept, exit code 3 naming the failed expectation."""
     from mlflow import MlflowClient
 
-    from udfs.model_registry import register_bundle
+    from catalogfs.udfs.model_registry import register_bundle
 
     cfg = with_database(cfg, "gate_features")
     videos = tmp_path_factory.mktemp("gate_videos")
@@ -179,7 +179,7 @@ def test_bad_candidate_batch_is_refused_end_to_end(spark, cfg, tmp_path_factory,
                                                    tamper, expectation):
     """Inject a bad batch into the real job: exit code 3 naming the expectation, report written,
     published Delta versions unchanged."""
-    from features import run_plan, staging
+    from catalogfs.features import run_plan, staging
 
     cfg = with_database(cfg, "inject_features")
     if not spark.catalog.tableExists(cfg.storage.qualified("frame_embeddings")):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from features import ann, delta_writer
-from features.tables import VIDEO_EMBEDDINGS
-from features.vector_index import build_index, held_back_queries, list_indexes, source_vectors
+from catalogfs.features import ann, delta_writer
+from catalogfs.features.tables import VIDEO_EMBEDDINGS
+from catalogfs.features.vector_index import build_index, held_back_queries, list_indexes, source_vectors
 from tests.helpers import with_database
 
 DATABASE = "vector_index_features"
@@ -144,7 +144,7 @@ def test_an_index_below_the_recall_minimum_never_becomes_current(spark, syntheti
 
 
 def test_drift_over_the_threshold_rebuilds_and_the_job_reports_it(spark, synthetic, capsys):
-    from jobs import index as index_job
+    from catalogfs.jobs import index as index_job
 
     cfg, rng, centres = synthetic
     _merge(spark, cfg, [f"x{i:03d}" for i in range(30)], _vectors(rng, 30, centres), "synthetic-4")
@@ -180,7 +180,7 @@ def test_changes_command_on_the_synthetic_table(spark, synthetic, capsys):
     version the table does not have (exit 4, resync)."""
     import json
 
-    from jobs import changes
+    from catalogfs.jobs import changes
 
     cfg, _, _ = synthetic
     overrides = ["--set", f"storage.data_root={cfg.storage.data_root}", "--set", f"storage.database={DATABASE}"]

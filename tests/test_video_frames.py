@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos, write_corrupt_sample
 from catalogfs.statuses import Status
-from features.video_frames import (
+from catalogfs.features.video_frames import (
     ExtractOptions,
     extract_video_frames,
     list_videos,
@@ -31,7 +31,7 @@ _DETERMINISM_PHOTOS = ("cat_chelsea", "coffee_cup")  # a zoom and a pan
 _HASH_SAMPLES = """
 import hashlib, json, sys
 from pathlib import Path
-from jobs.samples import SAMPLE_PHOTOS, make_sample_videos
+from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 args, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 wanted, n_runs = args.pop("photos"), args.pop("runs")
 photos = tuple(p for p in SAMPLE_PHOTOS if p.video_id in wanted)
@@ -198,7 +198,7 @@ def test_bounds_at_the_limit_extract_every_frame(cat_video):
 
 
 def test_default_bounds_are_8k_and_6_hours_and_reach_the_options(cfg):
-    from jobs.extract_frames import extract_options
+    from catalogfs.jobs.extract_frames import extract_options
 
     assert (cfg.extract.max_video_pixels, cfg.extract.max_video_seconds) == (7680 * 4320, 6 * 3600)
     assert ExtractOptions() == extract_options(cfg)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from udfs.preprocess import PreprocessSpec
+from catalogfs.udfs.preprocess import PreprocessSpec
 from catalogfs.errors import BundleError  # noqa: F401 (raised here, importable from here)
 
 SPEC_FILE = "model_spec.json"

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from udfs.bundle_format import WEIGHTS_FILE, BundleError, BundleSpec, read_labels
-from udfs.flags import FLAG_SCORE_SOFTMAX
+from catalogfs.udfs.bundle_format import WEIGHTS_FILE, BundleError, BundleSpec, read_labels
+from catalogfs.udfs.flags import FLAG_SCORE_SOFTMAX
 
 EMBEDDING_DIM = 1280
 NUM_CLASSES = 1000

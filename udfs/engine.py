@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from catalogfs.statuses import Status
-from udfs.families import serves_onnx_on_cpu
-from udfs.flags import FLAG_SCORE_SIGMOID
-from udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
-from udfs.images import decode_image
-from udfs.label_scores import flags_over_thresholds, score_logits
-from udfs.model_bundle import BundleError, LoadedModel, load_bundle
-from udfs.onnx_runtime import OnnxExportError, load_onnx_module, onnx_available
+from catalogfs.udfs.families import serves_onnx_on_cpu
+from catalogfs.udfs.flags import FLAG_SCORE_SIGMOID
+from catalogfs.udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
+from catalogfs.udfs.images import decode_image
+from catalogfs.udfs.label_scores import flags_over_thresholds, score_logits
+from catalogfs.udfs.model_bundle import BundleError, LoadedModel, load_bundle
+from catalogfs.udfs.onnx_runtime import OnnxExportError, load_onnx_module, onnx_available
 
 if TYPE_CHECKING:  # the engine runs without the config layer (pydantic, yaml)
     from catalogfs.config import InferenceConfig

@@ -21,9 +21,9 @@ from typing import Mapping, Protocol, Sequence
 
 from torch import nn
 
-from udfs.bundle_format import BundleError, BundleSpec
-from udfs.efficientnet_lite import FAMILY as EFFICIENTNET_LITE0
-from udfs.hf_models import FAMILY as TRANSFORMERS
+from catalogfs.udfs.bundle_format import BundleError, BundleSpec
+from catalogfs.udfs.efficientnet_lite import FAMILY as EFFICIENTNET_LITE0
+from catalogfs.udfs.hf_models import FAMILY as TRANSFORMERS
 
 
 class FamilyOptions(Protocol):

@@ -81,8 +81,19 @@ class Taxonomy:
     flags: dict[str, float] = field(default_factory=dict)
 
 
+def _packaged_taxonomy(path: Path) -> Path:
+    if path.exists() or len(path.parts) > 1:
+        return path
+    from catalogfs.packaged import taxonomies_dir
+
+    packaged = taxonomies_dir() / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    return packaged if packaged.exists() else path
+
+
 def load_taxonomy(path: Path) -> Taxonomy:
-    """Read a taxonomy YAML file (format in ``conf/taxonomies/README.md``)."""
+    """Read a taxonomy YAML file (format in ``conf/taxonomies/README.md``); a bare name that is not a
+    file (``content_v1``) is a packaged taxonomy."""
+    path = _packaged_taxonomy(Path(path))
     data = _read_yaml(path)
     if not isinstance(data, Mapping) or "version" not in data or not isinstance(data.get("labels"), Mapping):
         raise FlagsError(f"{path}: expected 'version' and 'labels: {{label: [prompts]}}'")

@@ -18,7 +18,7 @@ import io
 import torch
 from PIL import Image
 
-from udfs.preprocess import PreprocessSpec
+from catalogfs.udfs.preprocess import PreprocessSpec
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 _EXIF_ORIENTATION = 0x0112

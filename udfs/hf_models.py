@@ -27,10 +27,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from udfs.bundle_format import BundleSpec, write_spec
-from udfs.flags import FLAG_SCORE_SIGMOID, FLAG_SCORE_SOFTMAX, check_flag_labels, parse_flags
-from udfs.label_scores import zero_shot_logits
-from udfs.preprocess import PreprocessSpec
+from catalogfs.udfs.bundle_format import BundleSpec, write_spec
+from catalogfs.udfs.flags import FLAG_SCORE_SIGMOID, FLAG_SCORE_SOFTMAX, check_flag_labels, parse_flags
+from catalogfs.udfs.label_scores import zero_shot_logits
+from catalogfs.udfs.preprocess import PreprocessSpec
 
 HF_DIR = "hf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")

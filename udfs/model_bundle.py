@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from udfs.bundle_format import (
+from catalogfs.udfs.bundle_format import (
     FORMAT_VERSION, LABELS_FILE, SPEC_FILE, WEIGHTS_FILE, BundleError, BundleSpec, FlagSettings, read_spec,
     write_spec,
 )
-from udfs.families import FAMILIES, ModelFamily, family
-from udfs.flags import check_flag_labels, parse_flags
+from catalogfs.udfs.families import FAMILIES, ModelFamily, family
+from catalogfs.udfs.flags import check_flag_labels, parse_flags
 
 __all__ = [  # the bundle API; the format's names are re-exported for the callers that import them from here
     "FAMILIES", "FORMAT_VERSION", "LABELS_FILE", "SPEC_FILE", "WEIGHTS_FILE", "BundleError", "BundleSpec",

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from udfs.efficientnet_lite import FAMILY as EFFICIENTNET_LITE0
-from udfs.families import family
-from udfs.model_bundle import BundleSpec, read_spec, write_bundle
-from udfs.preprocess import PreprocessSpec
+from catalogfs.udfs.efficientnet_lite import FAMILY as EFFICIENTNET_LITE0
+from catalogfs.udfs.families import family
+from catalogfs.udfs.model_bundle import BundleSpec, read_spec, write_bundle
+from catalogfs.udfs.preprocess import PreprocessSpec
 from catalogfs.errors import ModelResolutionError, RegistryUnavailable  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def imagenet_class_names() -> list[str]:
 def default_bundle_spec() -> BundleSpec:
     """EfficientNet-Lite0: bicubic shorter side 256, centre crop 224 (offsets rounded like the
     torchvision eval transform the weights were evaluated with), mean = std = 0.5."""
-    from udfs.efficientnet_lite import EMBEDDING_DIM
+    from catalogfs.udfs.efficientnet_lite import EMBEDDING_DIM
 
     return BundleSpec(family=DEFAULT_FAMILY, embedding_dim=EMBEDDING_DIM,
                       preprocess=PreprocessSpec(crop_offset="round"), label_set=DEFAULT_LABEL_SET)
@@ -61,7 +61,7 @@ def default_bundle_spec() -> BundleSpec:
 
 def write_default_bundle(directory: Path) -> Path:
     """Write the packaged EfficientNet-Lite0 ImageNet weights as a bundle folder."""
-    from udfs.efficientnet_lite import build_efficientnet_lite0, load_packaged_state_dict
+    from catalogfs.udfs.efficientnet_lite import build_efficientnet_lite0, load_packaged_state_dict
 
     state = load_packaged_state_dict()
     build_efficientnet_lite0(state)  # fails here, not on a worker, if the weights do not fit

@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 
 from catalogfs.errors import RelabelError
-from udfs.bundle_format import BundleSpec, read_spec
-from udfs.families import family
-from udfs.flags import Taxonomy
-from udfs.hf_models import FAMILY as TRANSFORMERS
-from udfs.label_scores import flags_over_thresholds, score_logits, zero_shot_logits
+from catalogfs.udfs.bundle_format import BundleSpec, read_spec
+from catalogfs.udfs.families import family
+from catalogfs.udfs.flags import Taxonomy
+from catalogfs.udfs.hf_models import FAMILY as TRANSFORMERS
+from catalogfs.udfs.label_scores import flags_over_thresholds, score_logits, zero_shot_logits
 
 
 @dataclass
@@ -109,7 +109,7 @@ def require_zero_shot(spec: BundleSpec, *, what: str) -> None:
 def zero_shot_scorer(bundle_dir: Path, taxonomy: Taxonomy, *, top_k: int, what: str = "the space") -> ZeroShotScorer:
     """The scorer for ``taxonomy`` with the model of the bundle folder ``bundle_dir``: the labels'
     text embeddings from its text tower (no image forward pass) and its logit scale."""
-    from udfs.hf_models import load_text_tower, zero_shot_head
+    from catalogfs.udfs.hf_models import load_text_tower, zero_shot_head
 
     spec = read_spec(Path(bundle_dir))
     require_zero_shot(spec, what=what)

@@ -16,8 +16,8 @@ from pyspark.sql.functions import pandas_udf
 
 from catalogfs import failpoints
 
-from udfs.engine import EngineOptions, cached_engine, is_cached
-from udfs.model_registry import local_bundle_dir
+from catalogfs.udfs.engine import EngineOptions, cached_engine, is_cached
+from catalogfs.udfs.model_registry import local_bundle_dir
 
 EMBED_RESULT_DDL = (
     "struct<embedding: array<float>, status: string, error: string, "
