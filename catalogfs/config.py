@@ -428,7 +428,20 @@ def _merge(target: dict[str, Any], source: Mapping[str, Any], origin: str,
                 origins[f"{dotted}.{sub}"] = origin
         else:
             target[key] = dict(value) if isinstance(value, Mapping) else value
+            if isinstance(value, Mapping):  # a new section: each key under it comes from here too
+                _record_leaves(value, origin, origins, dotted)
         origins[dotted] = origin
+
+
+def _record_leaves(node: Mapping[str, Any], origin: str, origins: dict[str, str], prefix: str) -> None:
+    for key, value in node.items():
+        dotted = f"{prefix}.{key}"
+        origins[dotted] = origin
+        if isinstance(value, Mapping) and dotted != "spark.settings":
+            _record_leaves(value, origin, origins, dotted)
+        elif isinstance(value, Mapping):
+            for sub in value:
+                origins[f"{dotted}.{sub}"] = origin
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -23,12 +23,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sql": ("catalogfs.jobs.sql", "run a SQL query against the feature catalog and print the result"),
     "serve": ("catalogfs.jobs.serve", "serve the catalogue over Spark Connect and JDBC from one driver (--status, --stop)"),
     "serve-users": ("catalogfs.jobs.serve_users", "JDBC users of catalogfs serve: add NAME --role reader|operator, remove, list"),
+    "config": ("catalogfs.jobs.show_config", "config show: the effective configuration, each key with its origin"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: catalogfs <command> [options]   (catalogfs <command> --help for its options)", "",
-             "commands:"]
+    lines = ["usage: catalogfs <command> [options]   (catalogfs <command> --help for its options)",
+             "       catalogfs --version", "", "commands:"]
     lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -37,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if args[0] == "--version":
+        from catalogfs import __version__
+
+        print(f"catalogfs {__version__}")
         return 0
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
