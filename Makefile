@@ -10,12 +10,13 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
-.PHONY: env demo test test-fast bench bench-engine bench-serve bench-scale bench-ann clean-data help
+.PHONY: env demo test test-fast lint bench bench-engine bench-serve bench-scale bench-ann clean-data docs help
 
 help:
 	@echo "make demo   - run the whole pipeline on the sample videos and print a summary"
-	@echo "make test   - run the test suite (what CI runs), then the 25 slowest tests"
+	@echo "make test   - what CI runs, in stages that stop at the first failure: lint, the tests without a JVM, the JVM tests, the slow tier; then the 25 slowest tests"
 	@echo "make test-fast - only the tests that need no JVM and are not slow (about a minute)"
+	@echo "make lint   - ruff, and mypy on the typed layers (pinned in requirements-lint.txt, installed into .venv)"
 	@echo "make env    - only provide .venv"
 	@echo "make bench  - the performance harness: our Spark stage vs plain loop, predict_batch_udf, naive UDF (~10 min)"
 	@echo "make bench-serve - commands on their own driver vs through catalogfs serve: sql p50, no-op and +10% runs (8.5 min here)"
@@ -23,6 +24,7 @@ help:
 	@echo "make bench-ann - ANN index vs exact search at 1 M synthetic 1280-d vectors, then the real sample space through Spark: build, p50/p99, recall@10 (~12 min, ~13 GB RAM)"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
 	@echo "make clean-data - delete the local data root (tables, registry, samples)"
+	@echo "make docs   - regenerate docs/configuration.md from the config model's field descriptions"
 
 env:
 	@bash scripts/ensure_env.sh
@@ -30,11 +32,15 @@ env:
 demo: env
 	$(VENV)/bin/catalogfs demo
 
+# ARGS go to every pytest stage, e.g. make test ARGS=-x
 test: env
-	$(PYTHON) -m pytest --durations=25
+	@bash scripts/test_stages.sh $(ARGS)
 
 test-fast: env
 	$(PYTHON) -m pytest -m "not spark and not slow"
+
+lint: env
+	@bash scripts/lint.sh
 
 bench: env
 	$(PYTHON) bench/pipeline_bench.py --out bench/results
@@ -53,3 +59,6 @@ bench-engine: env
 
 clean-data:
 	rm -rf data
+
+docs: env
+	$(PYTHON) -m catalogfs.config_reference > docs/configuration.md

@@ -141,7 +141,6 @@ def _peak_rss_mb() -> float:
 
 def run_model_only(workdir: Path, batch: int, cores: int, runtime: str = "auto") -> dict:
     import numpy as np
-    import torch
 
     from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
     from catalogfs.udfs.model_bundle import load_bundle

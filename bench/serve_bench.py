@@ -144,7 +144,7 @@ def _beeline_latencies(mode: Mode, statements: list[str], folder: Path) -> list[
 def consumers(mode: Mode, base: Path, *, copies: int, repeat: int) -> dict:
     """Consumer latency idle, during an embed through the same server, and after a killed JVM."""
     from catalogfs.catalog_lock import find_server
-    from catalogfs.config import DEFAULT_CONF_DIR, load_config
+    from catalogfs.config import load_config
     from catalogfs.server_record import pid_alive, read_record
 
     folder = base / "consumer"

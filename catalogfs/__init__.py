@@ -23,9 +23,9 @@ from importlib import import_module
 from typing import Any
 
 from catalogfs.errors import (
-    CatalogBusy, CatalogfsError, ChangeFeedError, ConfigError, InputError, IntegrityMismatch,
+    CatalogBusy, CatalogfsError, ChangeFeedError, ConfigError, DataRootMoved, InputError, IntegrityMismatch,
     ModelResolutionError, PublishConflict, ReadOnlyRefused, RegistryUnavailable, ServerUnavailable,
-    SimilarityError, ValidationFailed, VectorIndexError,
+    SimilarityError, TrainingSetArgumentError, TrainingSetError, ValidationFailed, VectorIndexError,
 )
 
 __version__ = "0.1.0"
@@ -46,9 +46,9 @@ _LAZY = {
 
 __all__ = [
     "__version__", *_LAZY,
-    "CatalogfsError", "ConfigError", "InputError", "ValidationFailed", "PublishConflict", "CatalogBusy",
+    "CatalogfsError", "ConfigError", "DataRootMoved", "InputError", "ValidationFailed", "PublishConflict", "CatalogBusy",
     "ChangeFeedError", "IntegrityMismatch", "ModelResolutionError", "ReadOnlyRefused", "RegistryUnavailable",
-    "ServerUnavailable", "SimilarityError", "VectorIndexError",
+    "ServerUnavailable", "SimilarityError", "TrainingSetError", "TrainingSetArgumentError", "VectorIndexError",
 ]
 
 

@@ -36,7 +36,11 @@ class _Section(BaseModel):
 
 
 class StorageConfig(_Section):
-    data_root: Path = Field(description="Folder that holds the warehouse, catalog, registry and reports.")
+    data_root: Path = Field(description=(
+        "Folder that holds everything written: warehouse, Derby catalog, staging, MLflow registry, reports, "
+        "samples, indexes. Empty: data/ in a checkout, $XDG_DATA_HOME/catalogfs (~/.local/share/catalogfs) "
+        "when installed; relative paths resolve against the working directory. Created 0700; jobs write "
+        "files 0600 and folders 0700."))
     database: str = Field(description="Database (schema) of the published tables.")
     catalog: str = Field("", description="Catalog for three-part names (Unity Catalog); empty: the session's.")
 
@@ -110,8 +114,9 @@ class StorageConfig(_Section):
 class SparkConfig(_Section):
     managed: bool = Field(False, description="The platform owns the session (Databricks): use it as it is.")
     master: str = Field(description="Spark master when not started by spark-submit (which passes its own).")
-    app_name: str = "catalogfs"
-    ivy_cache: Path = Field(description="Ivy cache for the Delta jars resolved from Maven Central.")
+    app_name: str = Field("catalogfs", description="Spark application name (spark.app.name) of the jobs' sessions.")
+    ivy_cache: Path = Field(description=(
+        "Ivy cache for the Delta jars resolved from Maven Central; set-up keeps them in local-jars/ inside it."))
     settings: dict[str, str] = Field(default_factory=dict, description="Extra spark.* settings.")
 
     @field_validator("settings", mode="before")
@@ -124,14 +129,15 @@ class SparkConfig(_Section):
 
 class MlflowConfig(_Section):
     tracking_uri: str = Field("", description="Empty: sqlite:///<data_root>/mlflow.db.")
-    experiment: str = "catalogfs"
+    experiment: str = Field("catalogfs", description=(
+        "MLflow experiment of the job runs (params, counts, validation reports); made on first use."))
 
 
 class SamplesConfig(_Section):
-    seconds: float = Field(4.0, gt=0, le=60)
-    fps: int = Field(24, ge=1, le=60)
-    width: int = Field(640, ge=32, le=3840)
-    height: int = Field(360, ge=32, le=2160)
+    seconds: float = Field(4.0, gt=0, le=60, description="Length of each sample video (`catalogfs make-samples`).")
+    fps: int = Field(24, ge=1, le=60, description="Frame rate of the sample videos.")
+    width: int = Field(640, ge=32, le=3840, description="Width of the sample videos in pixels.")
+    height: int = Field(360, ge=32, le=2160, description="Height of the sample videos in pixels.")
 
 
 class ExtractConfig(_Section):
@@ -142,12 +148,14 @@ class ExtractConfig(_Section):
             "VIDEO_EXTENSIONS); other files are skipped and counted."))
     sample_fps: float = Field(1.0, gt=0, le=60, description="Frames kept per second of video.")
     max_side: int = Field(640, ge=16, le=8192, description="Longest side of the stored JPEG.")
-    jpeg_quality: int = Field(90, ge=10, le=100)
-    max_frames_per_video: int = Field(3600, ge=1)
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of the stored frames.")
+    max_frames_per_video: int = Field(3600, ge=1, description=(
+        "Most frames kept per video: extraction stops there and the rest of the video is not read."))
     max_video_pixels: int = Field(7680 * 4320, ge=1, description=(
-        "A video whose stream declares larger frames (width*height) is not decoded: status video_too_large."))
+        "A video whose stream declares larger frames (width*height; default 8K, 7680x4320) is not decoded: "
+        "status video_too_large."))
     max_video_seconds: float = Field(6 * 3600.0, gt=0, description=(
-        "A video that declares a longer duration is not decoded: status video_too_long."))
+        "A video that declares a longer duration (seconds; default 6 h) is not decoded: status video_too_long."))
 
     @field_validator("extensions")
     @classmethod
@@ -165,7 +173,9 @@ class ExtractConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = Field(description="Registered model name in the MLflow registry.")
-    alias: str = "champion"
+    alias: str = Field("champion", description=(
+        "Alias of the serving model version (models:/<name>@<alias>): what the scheduled embed "
+        "maintains and the current_* views select; `spaces promote` and `models promote` move it."))
     register_default: bool = Field(True, description="Register the bundled default model when absent.")
 
     @property
@@ -203,11 +213,12 @@ class InferenceConfig(_Section):
 
 
 class LabelsConfig(_Section):
-    top_k_per_video: int = Field(5, ge=1, le=100)
+    top_k_per_video: int = Field(5, ge=1, le=100, description="Labels kept per video (video_labels rows).")
 
 
 class ValidationConfig(_Section):
-    norm_tolerance: float = Field(1e-3, gt=0, lt=1)
+    norm_tolerance: float = Field(1e-3, gt=0, lt=1, description=(
+        "The publish gate: every ok vector's norm must lie within this of 1."))
     max_reject_rate: float = Field(0.5, ge=0, le=1, description=(
         "Largest share of a run's new frames that may fail in the pipeline itself (inference errors, a "
         "broken model); bad input does not count here."))
@@ -323,7 +334,7 @@ class ServerConfig(_Section):
     token: str = Field("", description=(
         "Pre-shared token that Spark Connect clients must present (sc://localhost:<port>/;token=…). "
         "Empty: a random one is generated at each start and kept in the server record "
-        "(<data_root>/serve.json, mode 0600). A secret: redacted wherever config is shown."))
+        "(<data_root>/serve.json, mode 0600)."))
     use: Literal["auto", "always", "never"] = Field("auto", description=(
         "Whether jobs and commands go through the data root's running server: auto (when one is "
         "running, else their own Spark driver), always (exit 6 when none runs), never (their own "

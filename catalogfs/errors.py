@@ -4,7 +4,7 @@ Layers raise these (or subclasses named for their module) and the job runner map
 :class:`CatalogfsError` to ``exit_code`` without importing from the layers above it. A plain
 exception that is not one of these is a bug: exit 1 with a traceback.
 
-Exit codes (documented in the README):
+Exit codes (documented in docs/operating.md, "Exit codes"):
   0 success · 1 unexpected error (a bug: traceback shown) · 2 bad config or arguments ·
   3 validation failed or candidates of the wrong schema, nothing published ·
   4 missing input (no videos, no table, no model, bad SQL) ·
@@ -46,6 +46,10 @@ class ConfigError(CatalogfsError, ValueError):
 
 class FlagsError(ConfigError):
     """A flags spec or taxonomy file is malformed, or names labels the model does not have."""
+
+
+class TrainingSetArgumentError(ConfigError):
+    """A bad training-set argument: an unsupported events format, the same column as key and time."""
 
 
 class RelabelError(ConfigError):
@@ -111,12 +115,22 @@ class SimilarityError(InputError, LookupError):
     """Unknown video or space, or nothing to search."""
 
 
+class TrainingSetError(InputError):
+    """Events that cannot be used for a training set: a missing file or column, an unknown space."""
+
+
 class ChangeFeedError(InputError, LookupError):
     """Unknown table, a version range the table does not have, or change data missing for it."""
 
 
 class VectorIndexError(InputError, LookupError):
     """No index for the space, an index whose files are missing or damaged, or a bad index setting."""
+
+
+class DataRootMoved(InputError):
+    """The catalogue names table folders of another data root (the root was copied or moved) and
+    cannot be re-pointed on its own: a table's folder is missing under this root. The message names
+    each such table and ``catalogfs relocate``."""
 
 
 class ReadOnlyRefused(CatalogfsError, PermissionError):

@@ -24,9 +24,14 @@ _QUERY_SECRET = re.compile(r"(?P<name>[?&;][^=&;#\s]*?(?:secret|password|passwd|
 _MIN_SCRUB_LENGTH = 4  # shorter "secrets" would scrub ordinary words out of every log line
 
 
+_NOT_SECRET = {"server.jdbc_auth"}  # names a login mode (password | none), not a credential
+
+
 def is_secret_key(key: str) -> bool:
     """True when a (dotted) config or parameter key names a secret."""
     lowered = key.lower()
+    if lowered in _NOT_SECRET:
+        return False
     if any(word in lowered for word in _SECRET_WORDS):
         return True
     return any(_KEY_PART.search(part) for part in re.split(r"[.]", key) if part)

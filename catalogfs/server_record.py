@@ -22,12 +22,15 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
 from catalogfs.errors import CatalogBusy
 from catalogfs.permissions import write_private
 
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 RECORD_NAME = "serve.json"
 RECORD_VERSION = 1

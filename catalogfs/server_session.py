@@ -127,23 +127,24 @@ def check_exposure(server: ServerConfig) -> None:
     if not server.connect_loopback:
         raise ConfigError(f"server.connect_bind_host={server.connect_bind_host} is not loopback: Spark "
                           f"Connect has no TLS, so its token would cross the network in the clear; keep it on "
-                          f"127.0.0.1 and reach it through an SSH tunnel or a TLS proxy (README, Security model)")
+                          f"127.0.0.1 and reach it through an SSH tunnel or a TLS proxy (docs/security.md, Security model)")
     if server.loopback:
         return
     if server.jdbc_auth != "password":
         raise ConfigError(f"server.bind_host={server.bind_host} is not loopback and server.jdbc_auth is "
                           f"{server.jdbc_auth!r}: anyone on the network could read the catalogue; set "
-                          f"server.jdbc_auth=password (README, Security model)")
+                          f"server.jdbc_auth=password (docs/security.md, Security model)")
     if not server.tls.enabled:
         raise ConfigError(f"server.bind_host={server.bind_host} is not loopback and server.tls is not set: "
                           f"JDBC passwords would cross the network in the clear; set server.tls.cert_file "
-                          f"and server.tls.key_file (README, Security model)")
+                          f"and server.tls.key_file (docs/security.md, Security model)")
 
 
 def write_keystore(tls, folder: Path) -> tuple[Path, str]:
     """The PEM certificate and key of ``tls`` as a PKCS#12 keystore for HiveServer2 (0600, a new
     random password each start). Raises :class:`ConfigError` naming the key."""
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, load_pem_private_key, pkcs12
 
     try:
@@ -154,6 +155,10 @@ def write_keystore(tls, folder: Path) -> tuple[Path, str]:
         key = load_pem_private_key(Path(tls.key_file).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"server.tls.key_file {tls.key_file}: not a readable unencrypted PEM key ({exc})") from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, dsa.DSAPrivateKey,
+                            ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise ConfigError(f"server.tls.key_file {tls.key_file}: a {type(key).__name__} cannot go into a TLS "
+                          f"keystore; use an RSA or EC key")
     password = secrets.token_urlsafe(24)  # never on a command line: start_jdbc sets it in the JVM
     blob = pkcs12.serialize_key_and_certificates(b"catalogfs", key, certs[0], certs[1:] or None,
                                                  BestAvailableEncryption(password.encode()))

@@ -15,6 +15,9 @@ File modes: the data root is created 0700, and the JVM starts with umask 077 and
 ``fs.permissions.umask-mode`` 077, so the files it writes (tables, metastore, staging) are 0600 and
 its folders 0700 (:mod:`catalogfs.permissions`).
 
+A data root that was copied or moved: its metastore names the old root's folders. A new session
+re-points them at this root before anything reads the catalogue, or refuses (:mod:`catalogfs.relocation`).
+
 The JVM's output: pyspark's launcher starts the JVM with its stdout and stderr redirected to
 ``<data_root>/logs/spark-<timestamp>-<pid>.log`` (log4j's console appender, Ivy, the JVM itself and
 the Python workers it forks all write there; conf/log4j2.properties sets the levels). The newest
@@ -40,10 +43,12 @@ from catalogfs.packaged import log4j_config
 from catalogfs.errors import ServerUnavailable
 from catalogfs.jars import delta_packages, jars_dir, local_delta_jars
 from catalogfs.permissions import PRIVATE_UMASK_TEXT, ensure_private_dir, private_umask
+from catalogfs.relocation import ensure_in_place
 from catalogfs.supervisor_state import returning_supervisor
 
-__all__ = ["build_spark", "default_parallelism", "delta_jar_settings", "delta_packages", "is_connect",
-           "jvm_log_path", "running_under_spark_submit", "server_session", "session_settings", "write_spark_defaults"]
+__all__ = ["build_spark", "catalogue_jvm", "default_parallelism", "delta_jar_settings", "delta_packages",
+           "derby_url", "is_connect", "jvm_log_path", "running_under_spark_submit", "server_session",
+           "session_settings", "write_spark_defaults"]
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +99,7 @@ def session_settings(cfg: Config) -> dict[str, str]:
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": str(storage.warehouse_dir),
-        "spark.hadoop.javax.jdo.option.ConnectionURL":
-            f"jdbc:derby:;databaseName={storage.metastore_dir};create=true",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": derby_url(storage),
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
         "spark.driver.extraJavaOptions":
@@ -158,7 +162,31 @@ def build_spark(cfg: Config) -> SparkSession:
     log.debug("starting Spark (%s)", settings.get("spark.master", "from spark-submit"))
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if settings["spark.hadoop.javax.jdo.option.ConnectionURL"] == derby_url(cfg.storage):
+        # a copied or moved data root: its metastore and registry name the old root (catalogfs.relocation)
+        ensure_in_place(cfg.storage, jvm=spark.sparkContext._jvm, tracking_uri=cfg.mlflow.tracking_uri)
     return spark
+
+
+def derby_url(storage) -> str:
+    """The JDBC URL of the data root's embedded metastore (created on first use)."""
+    return f"jdbc:derby:;databaseName={storage.metastore_dir};create=true"
+
+
+def catalogue_jvm(cfg: Config):
+    """This process's JVM, started with the catalogue's settings but no Spark session, for work on
+    the metastore itself before any session opens it (``catalogfs relocate``). Raises
+    :class:`CatalogBusy` when another process has the catalogue open."""
+    from pyspark import SparkContext
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    (cfg.storage.data_root / "derby").mkdir(parents=True, exist_ok=True)
+    settings = {"spark.app.name": cfg.spark.app_name, **session_settings(cfg), "spark.master": cfg.spark.master}
+    _launch_jvm(settings, cfg.storage)
+    gateway = SparkContext._gateway
+    if gateway is None:
+        raise RuntimeError("the Spark JVM did not start (no Py4J gateway)")
+    return gateway.jvm
 
 
 # Session settings a Connect client applies to its own session on the server (runtime SQL
@@ -223,7 +251,7 @@ def _launch_jvm(settings: dict[str, str], storage) -> None:
     if SparkContext._gateway is not None:
         return
     ensure_catalog_free(storage.data_root, storage.metastore_dir)
-    conf = SparkConf(loadDefaults=False).setAll(settings.items())
+    conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
     # the log, and every table file, the metastore and staging that the JVM and the Python workers
     # it forks create: private to this user (umask 077, whatever this process's own: a server, a test)
     with private_umask():

@@ -2,7 +2,7 @@
 
 :class:`Status` is a frame's or video's row status. Which non-ok statuses are facts about the
 input and which are failures of the pipeline itself matters to the publish gate (see
-``validation.*`` in the README):
+``validation.*`` in docs/configuration.md):
 
 - **input** statuses say the upload is bad (a truncated or unreadable video, a frame that is not
   an image). They are published as status rows — consumers need to know — and count against the

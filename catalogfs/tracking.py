@@ -9,6 +9,7 @@ from typing import Any, Iterator, Mapping
 from catalogfs.config import Config
 from catalogfs.permissions import ensure_private_dir
 from catalogfs.redaction import redact
+from catalogfs.relocation import ensure_in_place
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +18,15 @@ def configure_mlflow(cfg: Config) -> str:
     """Point MLflow at the configured registry and return the experiment id (created if missing).
 
     Artifacts of a new experiment go under ``<data_root>/mlflow-artifacts`` (never the working folder).
+    A registry copied or moved with its data root is re-pointed at this root's artifacts first.
     """
     import mlflow
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     ensure_private_dir(cfg.storage.data_root)
+    # a copied or moved data root: its registry names the old root's artifacts (catalogfs.relocation)
+    ensure_in_place(cfg.storage, tracking_uri=cfg.mlflow.tracking_uri)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
     experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)

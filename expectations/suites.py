@@ -1,5 +1,9 @@
 """One Great Expectations suite per published table, built in code with thresholds as parameters.
 
+Each table's suite is named in the table registry (:data:`features.tables.REGISTRY`) and called as
+``suite(params, columns)``: ``columns`` are the candidate rows' columns (a suite may test a column
+only when the audit added it).
+
 The suites run against the *candidate* DataFrames (staging) after
 :mod:`expectations.vector_checks` has added the vector columns they test.
 """
@@ -68,7 +72,7 @@ def frame_embeddings_suite(p: SuiteParams, columns: tuple[str, ...] = ()) -> gx.
     return gx.ExpectationSuite(name="frame_embeddings", expectations=expectations)
 
 
-def video_embeddings_suite(p: SuiteParams) -> gx.ExpectationSuite:
+def video_embeddings_suite(p: SuiteParams, columns: tuple[str, ...] = ()) -> gx.ExpectationSuite:
     keys = ("video_id", "embedding_space")
     return gx.ExpectationSuite(name="video_embeddings", expectations=[
         *_keys_not_null(keys),
@@ -79,7 +83,7 @@ def video_embeddings_suite(p: SuiteParams) -> gx.ExpectationSuite:
     ])
 
 
-def video_labels_suite(p: SuiteParams) -> gx.ExpectationSuite:
+def video_labels_suite(p: SuiteParams, columns: tuple[str, ...] = ()) -> gx.ExpectationSuite:
     keys = ("video_id", "embedding_space", "label")
     return gx.ExpectationSuite(name="video_labels", expectations=[
         *_keys_not_null(keys),
@@ -90,7 +94,7 @@ def video_labels_suite(p: SuiteParams) -> gx.ExpectationSuite:
     ])
 
 
-def video_flags_suite(p: SuiteParams) -> gx.ExpectationSuite:
+def video_flags_suite(p: SuiteParams, columns: tuple[str, ...] = ()) -> gx.ExpectationSuite:
     """Flag rows: unique keys, scores and thresholds in [0, 1], every row at or over its threshold."""
     keys = ("video_id", "embedding_space", "flag")
     return gx.ExpectationSuite(name="video_flags", expectations=[

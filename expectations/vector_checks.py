@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from catalogfs.statuses import Status
+from catalogfs.statuses import INPUT_STATUSES, Status
 
 
 def with_vector_checks(df: DataFrame, *, embedding: str = "embedding") -> DataFrame:
@@ -40,3 +40,9 @@ def with_score_checks(df: DataFrame, *, scores: str = "label_scores") -> DataFra
     """Add label_score_min / label_score_max over an array of scores."""
     return (df.withColumn("label_score_min", F.array_min(F.col(scores)))
             .withColumn("label_score_max", F.array_max(F.col(scores))))
+
+
+def with_frame_checks(df: DataFrame) -> DataFrame:
+    """Every column the frame suite tests: vector, score and status checks (``pipeline_failure``
+    against the input's own statuses, :data:`catalogfs.statuses.INPUT_STATUSES`)."""
+    return with_status_checks(with_score_checks(with_vector_checks(df)), input_statuses=INPUT_STATUSES)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from catalogfs.errors import VectorIndexError  # noqa: F401 (importable from here)
+from catalogfs.errors import VectorIndexError
 
 LEVELS = {"video": ("video_id",), "frame": ("video_id", "frame_ts_ms")}
 INDEX_FILE, KEYS_FILE, MANIFEST_FILE, CURRENT_FILE = "index.faiss", "keys.parquet", "manifest.json", "CURRENT"

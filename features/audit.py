@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -18,22 +18,14 @@ from pyspark.sql import functions as F
 from catalogfs.config import Config
 from catalogfs.statuses import INPUT_STATUSES
 from catalogfs.expectations.drift import label_shift, with_drift_cosine
+from catalogfs.expectations import suites, vector_checks
 from catalogfs.expectations.runner import ValidationOutcome, validate_candidates
-from catalogfs.expectations.suites import (
-    SuiteParams,
-    drift_suite,
-    frame_embeddings_suite,
-    input_rejects_suite,
-    video_embeddings_suite,
-    video_flags_suite,
-    video_labels_suite,
-)
-from catalogfs.expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
+from catalogfs.expectations.suites import SuiteParams, drift_suite, input_rejects_suite
 from catalogfs.features.promotion import SpaceModel
 from catalogfs.features.run_plan import RunPlan
 from catalogfs.features.spaces import EmbeddingSpace
 from catalogfs.features.staging import Staged
-from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features.tables import FRAME_EMBEDDINGS, REGISTRY, Registered, published
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +43,40 @@ def audit_staged(spark: SparkSession, cfg: Config, space: EmbeddingSpace, plan: 
                  current: SpaceModel | None, *, report_dir: Path) -> Audit:
     """Run every suite on ``staged``; results and Data Docs go under ``report_dir``."""
     params = suite_params(cfg, space, plan)
-    candidates = staged.candidates
-    frame_checks = with_status_checks(with_score_checks(with_vector_checks(candidates)), input_statuses=INPUT_STATUSES)
+    candidates = staged.candidates  # the frame suite checks the run's new frames, not the whole state
     rejects, warnings = input_rejects(spark, plan, staged)
-    checks = {"input_rejects": (rejects, input_rejects_suite(params))}
-    if staged.video_flags is not None:
-        checks[VIDEO_FLAGS.name] = (staged.video_flags, video_flags_suite(params))
+    run_checks = {"input_rejects": (rejects, input_rejects_suite(params))}
     reference = drift_reference(space, current)
     if reference is not None:
         log.info("checking drift against the current space %s", reference)
         # only the run's videos: the drift checks join on frame keys, and the space is the catalogue
         ref_rows = in_space_id(spark, cfg, reference).where(F.col("video_id").isin(staged.video_ids))
-        frame_checks = with_drift_cosine(frame_checks, ref_rows)
-        checks["label_drift"] = (label_shift(candidates, ref_rows), drift_suite(params))
-    outcome = validate_candidates({
-        FRAME_EMBEDDINGS.name: (frame_checks, frame_embeddings_suite(params, tuple(frame_checks.columns))),
-        VIDEO_EMBEDDINGS.name: (with_vector_checks(staged.video_emb), video_embeddings_suite(params)),
-        VIDEO_LABELS.name: (staged.video_lab, video_labels_suite(params)),
-        **checks,
-    }, report_dir, driver_max_rows=cfg.validation.driver_max_rows)
+        run_checks["label_drift"] = (label_shift(staged.candidates, ref_rows), drift_suite(params))
+        candidates = with_drift_cosine(candidates, ref_rows)
+    checks = table_checks({**staged.rows, FRAME_EMBEDDINGS.name: candidates}, params)
+    outcome = validate_candidates({**checks, **run_checks}, report_dir,
+                                  driver_max_rows=cfg.validation.driver_max_rows)
     return Audit(outcome, report_dir, warnings)
+
+
+def table_checks(rows: Mapping[str, Any], params: SuiteParams, *,
+                 registry: tuple[Registered, ...] = REGISTRY) -> dict[str, tuple[Any, Any]]:
+    """table → (its rows with the columns its suite tests, its suite), in registry order, for
+    each table of ``rows`` (table → the staged rows to audit): the table's registry entry names the
+    checks (:mod:`expectations.vector_checks`) and the suite (:mod:`expectations.suites`, given the
+    rows' columns). A table the registry does not publish is refused (ValueError)."""
+    unknown = sorted(set(rows) - {r.name for r in published(registry)})
+    if unknown:
+        raise ValueError(f"no published table in the registry is named {', '.join(unknown)}")
+    checks = {}
+    for entry in published(registry):
+        df = rows.get(entry.name)
+        if df is None:
+            continue
+        if entry.fill.checks:
+            df = getattr(vector_checks, entry.fill.checks)(df)
+        checks[entry.name] = (df, getattr(suites, entry.fill.suite)(params, tuple(df.columns)))
+    return checks
 
 
 def suite_params(cfg: Config, space: EmbeddingSpace, plan: RunPlan) -> SuiteParams:

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.features.tables import ALL_TABLES, TableDef
-from catalogfs.errors import SchemaMismatch  # noqa: F401 (raised here, importable from here)
+from catalogfs.errors import SchemaMismatch
 
 log = logging.getLogger(__name__)
 

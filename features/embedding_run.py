@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 
 from catalogfs import failpoints
 from catalogfs.config import Config
-from catalogfs.errors import ValidationFailed  # noqa: F401 (raised here, importable from here)
+from catalogfs.errors import PublishSkipped, ValidationFailed
 from catalogfs.statuses import RunStatus
 from catalogfs.expectations.runner import ValidationOutcome
 from catalogfs.features import delta_writer
@@ -36,7 +36,7 @@ from catalogfs.features.history import sync_after_publish
 from catalogfs.features.lineage import (Attempt, changed_outside_runs, history_too_long, last_checkpoint, recent_commits,
                               record_lineage, repair_lineage)
 from catalogfs.features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
-from catalogfs.features.publish import PublishSkipped, publish_staged
+from catalogfs.features.publish import publish_staged
 from catalogfs.features.run_plan import PlanScope, RunPlan, SpaceTables, plan_run, plan_scope
 from catalogfs.features.spaces import EmbeddingSpace
 from catalogfs.features.staging import Staged, stage_run

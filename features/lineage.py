@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from catalogfs.config import Config
 from catalogfs.features import delta_writer, integrity
 from catalogfs.features.spaces import EmbeddingSpace
-from catalogfs.features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.features.tables import FEATURE_VERSIONS, PUBLISHED_TABLES, every_publish
 from catalogfs.statuses import RunStatus
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # about the last few runs, and reading the whole history would grow with the table's age.
 REPAIR_HISTORY = 100
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # MLflow run ids (hex); never a path
-_EVERY_PUBLISH = {FRAME_EMBEDDINGS.name, VIDEO_EMBEDDINGS.name, VIDEO_LABELS.name}
+_EVERY_PUBLISH = every_publish()  # frame_embeddings, video_embeddings, video_labels
 # A run's own lineage row replaces one a repair wrote for it (never a promotion row).
 _SAME_ATTEMPT = ("t.run_id = s.run_id AND t.embedding_space = s.embedding_space "
                  f"AND t.status <> '{RunStatus.PROMOTED}' AND s.status <> '{RunStatus.PROMOTED}'")

@@ -6,6 +6,7 @@ different embedding spaces are never mixed: every aggregate groups by ``embeddin
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -99,3 +100,30 @@ def aggregate_video_flags(frame_embeddings: DataFrame, *, thresholds: Mapping[st
     return grouped.select("video_id", "embedding_space", "flag", "max_score", "n_frames_flagged",
                           "first_flag_ts_ms", threshold.cast("float").alias("threshold"),
                           "model_name", "model_version")
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    """What the video-level rows of a run are derived with: labels kept per video, and the flags
+    spec (label → threshold; empty: the model has no flags)."""
+
+    top_k_per_video: int
+    flags: Mapping[str, float] = field(default_factory=dict)
+
+
+# The video-level tables' rows (named by the table registry, features.tables.REGISTRY): each takes a
+# space's frame rows and the run's PoolParams.
+
+def video_embeddings_rows(frame_rows: DataFrame, p: PoolParams) -> DataFrame:
+    """``video_embeddings`` rows (without the run's columns): :func:`pool_video_embeddings`."""
+    return pool_video_embeddings(frame_rows)
+
+
+def video_labels_rows(frame_rows: DataFrame, p: PoolParams) -> DataFrame:
+    """``video_labels`` rows (without the run's columns): :func:`aggregate_video_labels`."""
+    return aggregate_video_labels(frame_rows, top_k=p.top_k_per_video)
+
+
+def video_flags_rows(frame_rows: DataFrame, p: PoolParams) -> DataFrame:
+    """``video_flags`` rows (without the run's columns): :func:`aggregate_video_flags`."""
+    return aggregate_video_flags(frame_rows, thresholds=p.flags)

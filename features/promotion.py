@@ -20,13 +20,13 @@ from pyspark.sql import functions as F
 from catalogfs.config import StorageConfig
 from catalogfs.features import delta_writer
 from catalogfs.features.knn import top_k_neighbours
-from catalogfs.features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, PUBLISHED_TABLES, VIDEO_EMBEDDINGS, VIDEO_LABELS
-from catalogfs.errors import PromotionError  # noqa: F401 (raised here, importable from here)
+from catalogfs.features.tables import FEATURE_VERSIONS, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, current_views
+from catalogfs.errors import PromotionError
 from catalogfs.statuses import RunStatus, Status
 
 log = logging.getLogger(__name__)
 
-CURRENT_VIEWS = {f"current_{t.name}": t.name for t in PUBLISHED_TABLES}
+CURRENT_VIEWS = current_views()  # current_<table> → table, for the registry's tables with a view
 
 
 def _lineage(spark: SparkSession, storage: StorageConfig):

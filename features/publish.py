@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from typing import Any, Mapping
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -22,7 +23,7 @@ from catalogfs.config import Config
 from catalogfs.features import delta_writer
 from catalogfs.features.spaces import EmbeddingSpace
 from catalogfs.features.staging import Staged
-from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features.tables import REGISTRY, Registered, TableDef, published
 from catalogfs.errors import PublishConflict, PublishSkipped  # noqa: F401 (raised here, importable from here)
 
 log = logging.getLogger(__name__)
@@ -80,16 +81,15 @@ def publish_with_retries(spark: SparkSession, cfg: Config, space: EmbeddingSpace
     raise AssertionError("unreachable")
 
 
-def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, frame_state: DataFrame,
-                       video_emb: DataFrame | None, video_lab: DataFrame, video_ids: list[str], *, run_id: str,
-                       txn_version: int, video_flags: DataFrame | None = None, register: bool = True,
+def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, rows: Mapping[str, DataFrame],
+                       video_ids: list[str], *, run_id: str, txn_version: int, register: bool = True,
                        written: dict[str, int] | None = None, since: dict[str, int] | None = None) -> dict[str, int]:
-    """One MERGE per published table: the affected videos' rows in this space become exactly the
-    staged ones (new and changed rows written, unchanged ones left alone, vanished ones deleted).
-    ``video_flags`` is None for models without flags, ``video_emb`` None for a re-labelling
-    (:mod:`features.relabel`, vectors unchanged): that table is then left alone. ``register``:
-    record the space in each table's ``catalogfs.embedding_spaces`` property (a space's first
-    publish; later ones skip that read of every table's properties).
+    """One MERGE per staged table (``rows``: table → its staged rows; tables not in it, such as
+    ``video_flags`` for models without flags or ``video_embeddings`` for a re-labelling, are left
+    alone), in registry order (:func:`merge_plan`): the affected videos' rows in this space become
+    exactly the staged ones (new and changed rows written, unchanged ones left alone, vanished ones
+    deleted). ``register``: record the space in each table's ``catalogfs.embedding_spaces``
+    property (a space's first publish; later ones skip that read of every table's properties).
 
     ``written`` (table → version committed by this run) is filled as each MERGE is proven in the
     table's history and skips tables an earlier attempt committed; ``since`` remembers each table's
@@ -102,13 +102,8 @@ def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, 
              + delta_writer.scope_condition("video_id", video_ids))
     metadata = {"run_id": run_id, "embedding_space": space.id, "model_name": space.model_name,
                 "model_version": space.model_version}
-    changed = "t.run_id <> s.run_id OR NOT (t.content_sha256 <=> s.content_sha256)"
+    merges = merge_plan(rows)
     with delta_writer.commit_metadata(spark, metadata):
-        merges = [(FRAME_EMBEDDINGS, frame_state, changed), (VIDEO_EMBEDDINGS, video_emb, None),
-                  (VIDEO_LABELS, video_lab, None)]
-        merges = [m for m in merges if m[1] is not None]
-        if video_flags is not None:
-            merges.append((VIDEO_FLAGS, video_flags, None))
         for table, source, _ in merges:  # every source checked before the first table is touched
             delta_writer.check_schema(table, source, qualified_name=storage.qualified(table.name))
         if register and not written:
@@ -134,6 +129,18 @@ def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, 
     return written
 
 
+def merge_plan(rows: Mapping[str, Any], *, registry: tuple[Registered, ...] = REGISTRY
+               ) -> list[tuple[TableDef, Any, str | None]]:
+    """(table, staged rows, MERGE update condition) for each table of ``rows`` (table → staged
+    rows; None: left alone), in registry order — the order of a run's MERGEs. A table the registry
+    does not publish is refused (ValueError)."""
+    unknown = sorted(set(rows) - {r.name for r in published(registry)})
+    if unknown:
+        raise ValueError(f"no published table in the registry is named {', '.join(unknown)}")
+    return [(entry.table, rows[entry.name], entry.fill.changed) for entry in published(registry)
+            if rows.get(entry.name) is not None]
+
+
 def own_commit(spark: SparkSession, cfg: Config, table: str, run_id: str, *, since: int) -> int | None:
     """The version of this run's MERGE into ``table`` newer than ``since``, or None (skipped)."""
     for commit in delta_writer.run_commits(spark, cfg.storage, table, since_version=since):
@@ -148,7 +155,6 @@ def publish_staged(spark: SparkSession, cfg: Config, space: EmbeddingSpace, stag
     run committed. ``first_publish``: the space has no rows yet (it is registered in each table's
     properties). ``since``: table → a version before this run's commits (default: read before each
     table's first MERGE)."""
-    return publish_with_retries(spark, cfg, space, staged.state, staged.video_emb, staged.video_lab,
-                                staged.video_ids, run_id=run_id, txn_version=int(started.timestamp() * 1000),
-                                video_flags=staged.video_flags, register=first_publish,
+    return publish_with_retries(spark, cfg, space, staged.rows, staged.video_ids, run_id=run_id,
+                                txn_version=int(started.timestamp() * 1000), register=first_publish,
                                 since=dict(since or {}))

@@ -38,19 +38,18 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import Config
 from catalogfs.errors import InputError, ValidationFailed
-from catalogfs.statuses import INPUT_STATUSES, RunStatus
+from catalogfs.statuses import RunStatus
 from catalogfs.expectations.runner import ValidationOutcome, validate_candidates
-from catalogfs.expectations.suites import frame_embeddings_suite, video_flags_suite, video_labels_suite
-from catalogfs.expectations.vector_checks import with_score_checks, with_status_checks, with_vector_checks
 from catalogfs.features import delta_writer
-from catalogfs.features.audit import suite_params
+from catalogfs.features.audit import suite_params, table_checks
 from catalogfs.features.lineage import Attempt, record_lineage
-from catalogfs.features.pooling import aggregate_video_flags, aggregate_video_labels
+from catalogfs.features.pooling import PoolParams
 from catalogfs.features.promotion import current_space, published_spaces, space_model
 from catalogfs.features.publish import publish_with_retries
 from catalogfs.features.run_plan import RunPlan, SpaceTables
 from catalogfs.features.spaces import EmbeddingSpace
-from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features.staging import stage_rows
+from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_LABELS, run_tables
 from catalogfs.features.taxonomies import check_taxonomy, record_taxonomy, relabelled_frames
 from catalogfs.udfs.flags import load_taxonomy
 from catalogfs.udfs.model_registry import ModelRef, ResolvedModel, local_bundle_dir, resolve_model
@@ -79,9 +78,10 @@ class RelabelResult:
 class RelabelStaged:
     """The relabel's rows, staged as Parquet: what the audit reads and the publish copies."""
 
-    frames: DataFrame  # every frame row of the space (frame_embeddings schema), labels rewritten
-    video_lab: DataFrame
-    video_flags: DataFrame  # empty when the taxonomy has no flags: the space's flag rows go
+    # table → its staged rows, in publish order (features.tables.run_tables(relabel=True)): every
+    # frame row of the space with its labels rewritten, and the video rows derived from them (flag
+    # rows empty when the taxonomy has no flags: the space's flag rows go)
+    rows: dict[str, DataFrame]
     video_ids: list[str]
     frames_total: int
     frames_relabelled: int
@@ -110,15 +110,14 @@ def relabel_space(spark: SparkSession, cfg: Config, space: str | None, taxonomy_
         delta_writer.drop_staging(staging)
         raise InputError(f"space {target.id} has no ok frame vectors to re-label: run `catalogfs embed` first")
     result.frames_relabelled, result.videos_relabelled = staged.frames_relabelled, len(staged.video_ids)
-    result.videos_with_new_labels = videos_with_new_labels(tables.video_labels, staged.video_lab)
+    result.videos_with_new_labels = videos_with_new_labels(tables.video_labels, staged.rows[VIDEO_LABELS.name])
     report_dir = cfg.storage.reports_dir / run_id / "validation"
     result.validation, result.report_dir = audit_relabel(cfg, target, staged, report_dir=report_dir), str(report_dir)
     if not dry_run:
         if result.validation.success:  # what the new taxonomy_version means, for later embed runs
             record_taxonomy(spark, cfg.storage, model, target.id, taxonomy, run_id=run_id)
         attempt = publish_relabel(spark, cfg, target, staged, result, started=started,
-                                  since={t: tables.versions[t] for t in (FRAME_EMBEDDINGS.name, VIDEO_LABELS.name,
-                                                                         VIDEO_FLAGS.name)})
+                                  since={t.name: tables.versions[t.name] for t in run_tables(relabel=True)})
         record_lineage(spark, cfg, target, attempt, started=started)
     delta_writer.drop_staging(staging)
     result.seconds = time.monotonic() - t0
@@ -153,18 +152,12 @@ def stage_relabel(tables: SpaceTables, scorer: ZeroShotScorer, space: EmbeddingS
     """Stage the space's relabelled frame rows, then its video labels and flags from them."""
     frames = delta_writer.write_staging(relabelled_frames(tables.frame_embeddings, scorer, run_id=run_id),
                                         staging / FRAME_EMBEDDINGS.name)
-
-    def video_rows(df: DataFrame, table: str) -> DataFrame:
-        df = (df.withColumn("taxonomy_version", F.lit(space.taxonomy_version)).withColumn("run_id", F.lit(run_id))
-              .withColumn("computed_at", F.lit(started).cast("timestamp")))
-        return delta_writer.write_staging(df, staging / table)
-
-    video_lab = video_rows(aggregate_video_labels(frames, top_k=cfg.labels.top_k_per_video), VIDEO_LABELS.name)
-    video_flags = video_rows(aggregate_video_flags(frames, thresholds=scorer.flags), VIDEO_FLAGS.name)
+    rows = stage_rows(frames, run_tables(relabel=True), PoolParams(cfg.labels.top_k_per_video, scorer.flags),
+                      run_id=run_id, started=started, taxonomy_version=space.taxonomy_version, staging=staging)
     per_video = (frames.groupBy("video_id")
                  .agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("run_id") == run_id, 1)).alias("relabelled"))
                  .collect())
-    return RelabelStaged(frames, video_lab, video_flags, sorted(r["video_id"] for r in per_video),
+    return RelabelStaged(rows, sorted(r["video_id"] for r in per_video),
                          frames_total=sum(int(r["n"]) for r in per_video),
                          frames_relabelled=sum(int(r["relabelled"]) for r in per_video))
 
@@ -182,13 +175,8 @@ def audit_relabel(cfg: Config, space: EmbeddingSpace, staged: RelabelStaged, *, 
     """The run's suites on the relabelled rows: every frame row of the space (one row out per row
     in: vectors, scores in [0, 1], statuses), the video labels and the video flags."""
     params = suite_params(cfg, space, RunPlan(frames_to_embed=staged.frames_total, orphan_videos=[], stale_videos=[]))
-    frame_checks = with_status_checks(with_score_checks(with_vector_checks(staged.frames)),
-                                      input_statuses=INPUT_STATUSES)
-    return validate_candidates({
-        FRAME_EMBEDDINGS.name: (frame_checks, frame_embeddings_suite(params, tuple(frame_checks.columns))),
-        VIDEO_LABELS.name: (staged.video_lab, video_labels_suite(params)),
-        VIDEO_FLAGS.name: (staged.video_flags, video_flags_suite(params)),
-    }, report_dir, driver_max_rows=cfg.validation.driver_max_rows)
+    return validate_candidates(table_checks(staged.rows, params), report_dir,
+                               driver_max_rows=cfg.validation.driver_max_rows)
 
 
 def publish_relabel(spark: SparkSession, cfg: Config, space: EmbeddingSpace, staged: RelabelStaged,
@@ -204,8 +192,7 @@ def publish_relabel(spark: SparkSession, cfg: Config, space: EmbeddingSpace, sta
                            f"{staged.frames_relabelled} frames, {len(staged.video_ids)} videos, 0 image forward passes")
     if not outcome.success:
         return attempt
-    written = publish_with_retries(spark, cfg, space, staged.frames, None, staged.video_lab, staged.video_ids,
-                                   run_id=result.run_id, txn_version=int(started.timestamp() * 1000),
-                                   video_flags=staged.video_flags, register=True, since=since)
+    written = publish_with_retries(spark, cfg, space, staged.rows, staged.video_ids, run_id=result.run_id,
+                                   txn_version=int(started.timestamp() * 1000), register=True, since=since)
     result.published, result.table_versions = True, dict(written)
     return replace(attempt, status=RunStatus.PUBLISHED, table_versions=written)

@@ -21,7 +21,7 @@ from catalogfs.config import StorageConfig
 from catalogfs.statuses import INPUT_STATUSES, TRANSIENT_STATUSES, Status
 from catalogfs.features import delta_writer
 from catalogfs.features.spaces import EmbeddingSpace
-from catalogfs.features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features.tables import FRAME_EMBEDDINGS, FRAMES, PUBLISHED, VIDEO_LABELS, VIDEO_LEVEL, run_tables
 
 FRAME_KEYS = ["video_id", "frame_ts_ms"]
 
@@ -31,10 +31,9 @@ class SpaceTables:
     """The tables a run of one space reads: ``frames`` and the space's published rows."""
 
     frames: DataFrame
-    frame_embeddings: DataFrame
-    video_embeddings: DataFrame
-    video_labels: DataFrame
-    video_flags: DataFrame | None  # None: the model has no flags
+    # published table → the space's rows, in registry order, for the tables the run writes
+    # (features.tables.run_tables: the flag tables only when the model has flags)
+    published: dict[str, DataFrame]
     frames_version: int = -1  # the Delta version of ``frames`` the run reads
     # table → the version pinned at plan time: ``frames`` and every published table
     versions: dict[str, int] = field(default_factory=dict, compare=False)
@@ -57,23 +56,31 @@ class SpaceTables:
             return pinned(table).where(F.col("embedding_space") == space.id)
 
         frames = pinned(FRAMES.name)
-        tables = cls(frames, in_space(FRAME_EMBEDDINGS.name),
-                     in_space(VIDEO_EMBEDDINGS.name), in_space(VIDEO_LABELS.name),
-                     in_space(VIDEO_FLAGS.name) if with_flags else None, frames_version=versions[FRAMES.name],
-                     versions=versions)
-        if not with_flags:  # not read, but its version is part of what the run reports
-            versions[VIDEO_FLAGS.name] = delta_writer.table_version(spark, storage, VIDEO_FLAGS.name)
+        tables = cls(frames, {t.name: in_space(t.name) for t in run_tables(with_flags=with_flags)},
+                     frames_version=versions[FRAMES.name], versions=versions)
+        for t in PUBLISHED:  # a table not read: its version is part of what the run reports
+            if t.name not in versions:
+                versions[t.name] = delta_writer.table_version(spark, storage, t.name)
         return tables
+
+    @property
+    def frame_embeddings(self) -> DataFrame:
+        """The space's frame rows."""
+        return self.published[FRAME_EMBEDDINGS.name]
+
+    @property
+    def video_labels(self) -> DataFrame:
+        """The space's video label rows."""
+        return self.published[VIDEO_LABELS.name]
 
     def restricted(self, video_ids: list[str]) -> "SpaceTables":
         """The same tables, only the rows of ``video_ids`` (an ``IN`` filter, which Delta's data
         skipping can use to leave out files whose video id range holds none of them)."""
-        def only(df: DataFrame | None) -> DataFrame | None:
-            return None if df is None else df.where(F.col("video_id").isin(video_ids))
+        def only(df: DataFrame) -> DataFrame:
+            return df.where(F.col("video_id").isin(video_ids))
 
-        return SpaceTables(only(self.frames), only(self.frame_embeddings), only(self.video_embeddings),
-                           only(self.video_labels), only(self.video_flags), frames_version=self.frames_version,
-                           versions=self.versions)
+        return SpaceTables(only(self.frames), {name: only(df) for name, df in self.published.items()},
+                           frames_version=self.frames_version, versions=self.versions)
 
 
 @dataclass(frozen=True)
@@ -199,28 +206,30 @@ def videos_needing_refresh(tables: SpaceTables) -> DataFrame:
     newest ok frame row (e.g. after a publish that stopped between tables), or it has video-level
     rows but no frame rows left (a removal whose publish stopped after the frame table).
 
-    With ``video_flags`` (models with flags), flag rows count too: a video may rightly have none,
-    so they are missing only where an ok frame carries a flag, and stale wherever they are older
-    than the video's newest frame row. One pass over the frame rows (a join of frame and published
-    keys, then per-video aggregates), so the plan of a run stays a few Spark stages.
+    Every video-level table read (the registry's) counts. Flag tables (models with flags) count
+    too: a video may rightly have no flag rows, so they are missing only where an ok frame carries
+    a flag, and stale wherever they are older than the video's newest frame row. One pass over the
+    frame rows (a join of frame and published keys, then per-video aggregates), so the plan of a
+    run stays a few Spark stages.
     """
-    flags = tables.video_flags
-    per_video = _frame_rows_per_video(tables.frames, tables.frame_embeddings, with_flags=flags is not None)
-    newest = {"emb_at": tables.video_embeddings, "lab_at": tables.video_labels}
-    if flags is not None:
-        newest["flags_at"] = flags
-    for name, table in newest.items():  # full: video rows whose frame rows are all gone count too
-        per_video = per_video.join(table.groupBy("video_id").agg(F.max("computed_at").alias(name)), "video_id", "full")
+    video_level = [t for t in PUBLISHED if t.fill.level == VIDEO_LEVEL and t.name in tables.published]
+    per_video = _frame_rows_per_video(tables.frames, tables.frame_embeddings,
+                                      with_flags=any(t.fill.flags for t in video_level))
+    for t in video_level:  # full: video rows whose frame rows are all gone count too
+        newest = tables.published[t.name].groupBy("video_id").agg(F.max("computed_at").alias(f"{t.name}_at"))
+        per_video = per_video.join(newest, "video_id", "full")
     frame_at = F.col("frame_at")
 
     def behind(at: str, newest_frame) -> "F.Column":
         return newest_frame.isNotNull() & (F.col(at).isNull() | (F.col(at) < newest_frame))
 
-    no_frame_rows = F.coalesce(F.col("published"), F.lit(0)) == 0
-    stale = behind("emb_at", frame_at) | behind("lab_at", frame_at) | no_frame_rows
-    if flags is not None:
-        stale = (stale | behind("flags_at", F.col("flag_frame_at"))  # missing where a frame is flagged
-                 | (F.col("flags_at").isNotNull() & behind("flags_at", frame_at)))  # present but older
+    stale = F.coalesce(F.col("published"), F.lit(0)) == 0  # video rows, but no frame rows left
+    for t in video_level:
+        at = f"{t.name}_at"
+        if t.fill.flags:  # missing where a frame is flagged, or present but older than a frame row
+            stale = stale | behind(at, F.col("flag_frame_at")) | (F.col(at).isNotNull() & behind(at, frame_at))
+        else:  # missing or older than the newest ok frame row
+            stale = stale | behind(at, frame_at)
     return per_video.select("video_id", *(F.coalesce(F.col(c), F.lit(0)).cast("long").alias(c)
                                           for c in ("orphans", "published", "bad_input")),
                             stale.alias("stale"))

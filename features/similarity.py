@@ -20,7 +20,7 @@ from catalogfs.features.knn import top_k_neighbours
 from catalogfs.features.promotion import current_space
 from catalogfs.features.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS
 from catalogfs.features.vector_index import SOURCES, exact_neighbours, source_vectors
-from catalogfs.errors import SimilarityError, VectorIndexError  # noqa: F401 (SimilarityError importable from here)
+from catalogfs.errors import SimilarityError, VectorIndexError
 
 log = logging.getLogger(__name__)
 

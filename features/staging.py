@@ -23,11 +23,11 @@ from catalogfs.config import Config
 from catalogfs.progress import Progress
 from catalogfs.spark import default_parallelism, is_connect
 from catalogfs.statuses import Status
-from catalogfs.features import delta_writer
-from catalogfs.features.pooling import aggregate_video_flags, aggregate_video_labels, pool_video_embeddings
+from catalogfs.features import delta_writer, pooling
+from catalogfs.features.pooling import PoolParams
 from catalogfs.features.run_plan import FRAME_KEYS, RunPlan, SpaceTables
 from catalogfs.features.spaces import EmbeddingSpace
-from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_FLAGS, VIDEO_LABELS
+from catalogfs.features.tables import FRAME_EMBEDDINGS, FRAME_LEVEL, Registered, run_tables
 from catalogfs.features.taxonomies import relabelled_frames
 from catalogfs.udfs.engine import EngineOptions
 from catalogfs.udfs.flags import Taxonomy
@@ -53,13 +53,17 @@ class StageStats:
 class Staged:
     """A run's candidates, staged as Parquet: what validation reads and publish copies."""
 
-    candidates: DataFrame  # the new frame rows (frame_embeddings schema)
-    state: DataFrame  # every frame row the affected videos will have after publish
-    video_emb: DataFrame
-    video_lab: DataFrame
-    video_flags: DataFrame | None  # None: the model has no flags
+    candidates: DataFrame  # the new frame rows (frame_embeddings schema): what the frame suite checks
+    # table → the rows its MERGE writes, in publish order (features.tables.run_tables): the frame
+    # table's are every frame row the affected videos will have after publish
+    rows: dict[str, DataFrame]
     video_ids: list[str]  # the affected videos: new frames, orphan rows, stale video rows
     stats: StageStats
+
+    @property
+    def state(self) -> DataFrame:
+        """Every frame row the affected videos will have after publish."""
+        return self.rows[FRAME_EMBEDDINGS.name]
 
 
 def engine_options(cfg: Config) -> EngineOptions:
@@ -151,20 +155,29 @@ def stage_run(spark: SparkSession, cfg: Config, model: ResolvedModel, space: Emb
     video_ids = sorted(embedded | set(plan.orphan_videos) | set(plan.stale_videos))
     state = delta_writer.write_staging(next_frame_state(tables.frames, candidates, tables.frame_embeddings, video_ids),
                                        staging / "frame_state")
+    rows = stage_rows(state, run_tables(with_flags=bool(flags)),
+                      PoolParams(cfg.labels.top_k_per_video, dict(flags)), run_id=run_id, started=started,
+                      taxonomy_version=space.taxonomy_version, staging=staging)
+    return Staged(candidates, rows, video_ids, stats)
 
-    def video_rows(df: DataFrame, table: str, **extra) -> DataFrame:
+
+def stage_rows(frame_rows: DataFrame, tables: tuple[Registered, ...], params: PoolParams, *, run_id: str,
+               started: datetime, taxonomy_version: str, staging: Path) -> dict[str, DataFrame]:
+    """The staged rows of each of ``tables`` (registry entries, in publish order): a frame-level
+    table gets ``frame_rows``; a video-level one its rows derived from them (its ``rows`` function
+    of :mod:`features.pooling`) with the run's ``run_id``, ``computed_at`` and, where its schema has
+    the column, ``taxonomy_version``, written to ``staging/<table>``."""
+    rows: dict[str, DataFrame] = {}
+    for entry in tables:
+        if entry.fill.level == FRAME_LEVEL:
+            rows[entry.name] = frame_rows
+            continue
+        df = getattr(pooling, entry.fill.rows)(frame_rows, params)
         df = df.withColumn("run_id", F.lit(run_id)).withColumn("computed_at", F.lit(started).cast("timestamp"))
-        for name, value in extra.items():
-            df = df.withColumn(name, F.lit(value))
-        return delta_writer.write_staging(df, staging / table)
-
-    taxonomy = space.taxonomy_version
-    video_emb = video_rows(pool_video_embeddings(state), VIDEO_EMBEDDINGS.name)
-    video_lab = video_rows(aggregate_video_labels(state, top_k=cfg.labels.top_k_per_video), VIDEO_LABELS.name,
-                           taxonomy_version=taxonomy)
-    video_flags = (video_rows(aggregate_video_flags(state, thresholds=dict(flags)), VIDEO_FLAGS.name,
-                              taxonomy_version=taxonomy) if flags else None)
-    return Staged(candidates, state, video_emb, video_lab, video_flags, video_ids, stats)
+        if "taxonomy_version" in entry.table.schema.fieldNames():
+            df = df.withColumn("taxonomy_version", F.lit(taxonomy_version))
+        rows[entry.name] = delta_writer.write_staging(df, staging / entry.name)
+    return rows
 
 
 def _embed(spark: SparkSession, cfg: Config, model: ResolvedModel, space: EmbeddingSpace, plan: RunPlan, *,

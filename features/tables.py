@@ -273,6 +273,106 @@ TAXONOMIES = TableDef(
     ]),
 )
 
-PUBLISHED_TABLES = (FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS)
-ALL_TABLES = (FRAMES, FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS, VIDEO_FLAGS, FEATURE_VERSIONS,
-              VIDEO_NEIGHBORS, VIDEO_EMBEDDINGS_HISTORY, VECTOR_INDEXES, TAXONOMIES)
+
+
+# ---------------------------------------------------------------- the registry
+# Every table is described once, here: its definition above and its entry in REGISTRY below. The
+# stage, audit, publish and relabel steps, the plan, the lineage, the verification, the views, the
+# maintenance and the change feeds iterate over the registry; none lists tables by name. Adding a
+# table a run fills touches three files: this one (definition and entry), expectations/suites.py
+# (its suite) and features/pooling.py (its rows, for a video-level table).
+
+FRAME_LEVEL, VIDEO_LEVEL = "frame", "video"
+
+
+@dataclass(frozen=True)
+class Fill:
+    """How embed and relabel runs fill a published table: staged, audited by its suite, then one
+    MERGE on the table's keys within the run's space and videos (:mod:`features.staging`,
+    :mod:`features.audit`, :mod:`features.publish`), in registry order.
+
+    ``suite``: a function of :mod:`expectations.suites`, ``(SuiteParams, columns) → suite``.
+    ``checks``: a function of :mod:`expectations.vector_checks` adding the columns the suite tests
+    (empty: none). ``level``: ``frame`` — the run's own frame rows (the embed stage's, or a
+    relabel's rescored ones) — or ``video``: derived from the frame rows by ``rows``, a function of
+    :mod:`features.pooling`, ``(frame rows, PoolParams) → rows`` (the run adds ``run_id``,
+    ``computed_at`` and, where the schema has it, ``taxonomy_version``). ``changed``: the MERGE's
+    update condition (matched rows are rewritten only where it holds; None: always). ``flags``: the
+    rows come from the frames' flags — filled only for models with flags, and a video has rows only
+    where one of its ok frames is flagged. ``relabel``: a relabel rewrites it (its rows derive from
+    labels).
+    """
+
+    suite: str
+    level: str = VIDEO_LEVEL
+    rows: str = ""
+    checks: str = ""
+    changed: str | None = None
+    flags: bool = False
+    relabel: bool = True
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One table of the catalogue: its definition; ``fill``: how runs fill it (None: not published by
+    embed or relabel runs); ``view``: a ``current_<name>`` view selects the current space's rows
+    (:mod:`features.promotion`). Every table keeps a change data feed and is vacuumed by
+    ``catalogfs maintain``."""
+
+    table: TableDef
+    fill: Fill | None = None
+    view: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def per_space(self) -> bool:
+        """Rows belong to one embedding space (shared tables such as ``frames`` do not)."""
+        return "embedding_space" in self.table.keys
+
+
+REGISTRY: tuple[Registered, ...] = (
+    Registered(FRAMES),
+    Registered(FRAME_EMBEDDINGS, Fill(suite="frame_embeddings_suite", level=FRAME_LEVEL, checks="with_frame_checks",
+                                      changed="t.run_id <> s.run_id OR NOT (t.content_sha256 <=> s.content_sha256)"),
+               view=True),
+    Registered(VIDEO_EMBEDDINGS, Fill(suite="video_embeddings_suite", rows="video_embeddings_rows",
+                                      checks="with_vector_checks", relabel=False), view=True),
+    Registered(VIDEO_LABELS, Fill(suite="video_labels_suite", rows="video_labels_rows"), view=True),
+    Registered(VIDEO_FLAGS, Fill(suite="video_flags_suite", rows="video_flags_rows", flags=True), view=True),
+    Registered(FEATURE_VERSIONS),
+    Registered(VIDEO_NEIGHBORS),
+    Registered(VIDEO_EMBEDDINGS_HISTORY),
+    Registered(VECTOR_INDEXES),
+    Registered(TAXONOMIES),
+)
+
+ALL_TABLES = tuple(r.table for r in REGISTRY)
+PUBLISHED = tuple(r for r in REGISTRY if r.fill is not None)  # in publish (MERGE) order
+PUBLISHED_TABLES = tuple(r.table for r in PUBLISHED)
+
+
+def published(registry: tuple[Registered, ...] = REGISTRY) -> tuple[Registered, ...]:
+    """The tables of ``registry`` that runs fill, in publish order."""
+    return tuple(r for r in registry if r.fill is not None)
+
+
+def run_tables(*, relabel: bool = False, with_flags: bool = True,
+               registry: tuple[Registered, ...] = REGISTRY) -> tuple[Registered, ...]:
+    """The tables one run writes, in publish order: an embed run every published table (those of
+    flags only when its model has flags, ``with_flags``), a relabel those its labels rewrite."""
+    return tuple(r for r in published(registry)
+                 if (r.fill.relabel if relabel else with_flags or not r.fill.flags))
+
+
+def current_views(registry: tuple[Registered, ...] = REGISTRY) -> dict[str, str]:
+    """``current_<table>`` view → table, for the tables with a view."""
+    return {f"current_{r.name}": r.name for r in registry if r.view}
+
+
+def every_publish(registry: tuple[Registered, ...] = REGISTRY) -> frozenset[str]:
+    """The tables every embed publish writes (those of flags only some): a run that committed to
+    all of them published completely (:func:`features.lineage.repair_lineage`)."""
+    return frozenset(r.name for r in run_tables(with_flags=False, registry=registry))

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StringType, TimestampNTZType, TimestampType
 
 from catalogfs.config import StorageConfig
-from catalogfs.errors import ConfigError, InputError
+from catalogfs.errors import TrainingSetArgumentError, TrainingSetError
 from catalogfs.statuses import RunStatus
 from catalogfs.features.history import sync_history
 from catalogfs.features.tables import FEATURE_VERSIONS, VIDEO_EMBEDDINGS_HISTORY
@@ -41,14 +41,6 @@ STATUSES = {
 READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
            ".ndjson": "json"}
 _P = "__catalogfs_ts_"  # prefix of the columns used while joining (dropped)
-
-
-class TrainingSetError(InputError):
-    """Events that cannot be used: a missing file or column, an unknown space (exit 4)."""
-
-
-class TrainingSetArgumentError(ConfigError):
-    """A bad argument: an unsupported events format, the same column as key and time (exit 2)."""
 
 
 def read_events(spark: SparkSession, path: str | Path) -> DataFrame:

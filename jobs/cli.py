@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "changes": ("catalogfs.jobs.changes", "inserts/updates/deletes of a table since a Delta version (change data feed)"),
     "video-neighbors": ("catalogfs.jobs.video_neighbors", "all-pairs top-k nearest videos of a space → video_neighbors"),
     "maintain": ("catalogfs.jobs.maintain", "VACUUM the tables, keeping the newest retention.keep_versions readable"),
+    "relocate": ("catalogfs.jobs.relocate", "re-point a copied or moved data root's catalogue and registry at it (--dry-run)"),
     "verify": ("catalogfs.jobs.verify", "check every published table against the lineage (versions, commits, keys); exit 8 on a mismatch"),
     "sql": ("catalogfs.jobs.sql", "run a SQL query against the feature catalog and print the result"),
     "serve": ("catalogfs.jobs.serve", "serve the catalogue over Spark Connect and JDBC from one driver (--status, --stop)"),

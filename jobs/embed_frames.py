@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from catalogfs.config import Config, ConfigError
+from catalogfs.config import Config
 from catalogfs.jobs.run_report import write_run_report
-from catalogfs.errors import InputError
+from catalogfs.errors import ConfigError, InputError, ValidationFailed
 from catalogfs.jobs.job_main import run_main
 from catalogfs.tracking import job_run
-from catalogfs.features.embedding_run import EmbedResult, ValidationFailed, run_embedding
+from catalogfs.features.embedding_run import EmbedResult, run_embedding
 from catalogfs.features.tables import FRAMES
 from catalogfs.udfs.model_registry import ModelRef, ensure_default_model, resolve_model
 from catalogfs.statuses import Status

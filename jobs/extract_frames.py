@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
-from catalogfs.config import Config, ConfigError
-from catalogfs.errors import InputError
+from catalogfs.config import Config
+from catalogfs.errors import ConfigError, InputError
 from catalogfs.jobs.job_main import run_main
 from catalogfs.tracking import job_run
 from catalogfs.features import delta_writer

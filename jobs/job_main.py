@@ -1,6 +1,6 @@
 """What every job's ``main(argv)`` shares: arguments, config, logging, Spark, exit codes.
 
-Exit codes: :mod:`catalogfs.errors` (each error carries its own; documented in the README).
+Exit codes: :mod:`catalogfs.errors` (each error carries its own; documented in docs/operating.md).
 
 What a job creates is private to its user: it runs with umask 077, and a data root it creates is
 0700 (:mod:`catalogfs.permissions`).

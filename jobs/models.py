@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from catalogfs.config import Config, ConfigError
-from catalogfs.errors import InputError
+from catalogfs.config import Config
+from catalogfs.errors import ConfigError, InputError
 
 
 def _bundle_from(source: Path, taxonomy_file: Path | None, workdir: Path, flags_file: Path | None = None) -> Path:

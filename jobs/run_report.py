@@ -17,6 +17,10 @@ the video table. Everything else is counted by Spark.
   (a per-label row_number, which Spark limits per partition before the shuffle), their first ok
   frames round-robin; the JPEGs are then read by a filter on exactly those (video_id, frame_ts_ms)
   keys.
+
+Data and layout are apart: :func:`collect_report_data` reads the space, :func:`report_values` turns
+it and the run into the values the page shows, and :func:`render_report` lays them out with the
+templates of :mod:`catalogfs.jobs.run_report_template`.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import os
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pyspark.sql import SparkSession, Window
+from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from catalogfs.config import Config
@@ -38,6 +43,7 @@ from catalogfs.statuses import Status
 from catalogfs.features.delta_writer import sql_literal
 from catalogfs.features.embedding_run import EmbedResult
 from catalogfs.features.tables import FRAME_EMBEDDINGS, FRAMES, VIDEO_EMBEDDINGS, VIDEO_LABELS
+from catalogfs.jobs import run_report_template as template
 
 THUMB = (160, 90)
 MAX_POINTS = 2000  # videos in the projection
@@ -82,6 +88,18 @@ def project_2d(vectors: np.ndarray) -> np.ndarray:
     return points
 
 
+class _Collector:
+    """``DataFrame.collect`` that counts what each collect brought to the driver (``collected_by``)."""
+
+    def __init__(self) -> None:
+        self.collected: list[tuple[str, int]] = []
+
+    def __call__(self, what: str, df: DataFrame) -> list[Row]:
+        rows = df.collect()
+        self.collected.append((what, len(rows)))
+        return rows
+
+
 def collect_report_data(spark: SparkSession, cfg: Config, space: str, *, max_points: int = MAX_POINTS,
                         top_labels: int = TOP_LABELS, frames_per_label: int = FRAMES_PER_LABEL,
                         table_rows: int = TABLE_ROWS) -> ReportData:
@@ -89,30 +107,50 @@ def collect_report_data(spark: SparkSession, cfg: Config, space: str, *, max_poi
     catalogue reaches the driver."""
     q = cfg.storage.qualified
     top_labels = max(0, min(top_labels, MAX_SHEET_ROWS))
-    collected: list[tuple[str, int]] = []
-
-    def collect(what: str, df) -> list:
-        rows = df.collect()
-        collected.append((what, len(rows)))
-        return rows
-
+    collect = _Collector()
     in_space = F.col("embedding_space") == space
     videos = spark.table(q(VIDEO_EMBEDDINGS.name)).where(in_space)
     top1 = (spark.table(q(VIDEO_LABELS.name)).where(in_space & (F.col("rank") == 1))
             .select("video_id", "label"))
+    frame_embeddings = spark.table(q(FRAME_EMBEDDINGS.name)).where(in_space)
 
-    # Counts: by Spark, a handful of rows back.
+    top, labelled, distinct = _top_labels(collect, top1, top_labels)
+    total_videos = videos.count()
+    statuses = {r["status"]: int(r["count"]) for r in collect(
+        "statuses", frame_embeddings.groupBy("status").count())}
+    sample_rows, vectors = _projection_sample(collect, videos, top1, max_points)
+    ok_frames = frame_embeddings.where(F.col("status") == Status.OK).select("video_id", "frame_ts_ms")
+    sheet = _contact_sheet(collect, spark.table(q(FRAMES.name)), ok_frames, top1, [label for label, _ in top],
+                           frames_per_label)
+    table = [(r["video_id"], r["label"], int(r["n_frames"])) for r in collect(
+        "video table", videos.select("video_id", "n_frames").orderBy("video_id").limit(table_rows)
+        .join(top1, "video_id", "left").orderBy("video_id"))] if table_rows > 0 else []
+
+    return ReportData(space=space, total_videos=int(total_videos), labelled_videos=labelled,
+                      distinct_labels=distinct, top_labels=top,
+                      sample_ids=[r["video_id"] for r in sample_rows],
+                      sample_labels=[r["label"] for r in sample_rows], sample_vectors=vectors,
+                      sheet=sheet, table=table, statuses=statuses,
+                      rows_collected=sum(n for _, n in collect.collected), max_points=max_points,
+                      frames_per_label=frames_per_label, collected_by=collect.collected)
+
+
+def _top_labels(collect: _Collector, top1: DataFrame, top_labels: int) -> tuple[list[tuple[str, int]], int, int]:
+    """(the ``top_labels`` labels with the most videos, ties by label; labelled videos; distinct
+    labels), counted by Spark: a handful of rows back."""
     label_counts = top1.groupBy("label").agg(F.count(F.lit(1)).alias("videos"))
     top = [(r["label"], int(r["videos"])) for r in collect(
         "top labels", label_counts.orderBy(F.desc("videos"), F.asc("label")).limit(top_labels))] \
         if top_labels else []
     totals = collect("label totals", label_counts.agg(F.count(F.lit(1)).alias("labels"),
                                                       F.sum("videos").alias("labelled")))[0]
-    total_videos = videos.count()
-    statuses = {r["status"]: int(r["count"]) for r in collect(
-        "statuses", spark.table(q(FRAME_EMBEDDINGS.name)).where(in_space).groupBy("status").count())}
+    return top, int(totals["labelled"] or 0), int(totals["labels"])
 
-    # Projection sample: the max_points smallest hashes (a top-k, no sort of the whole table).
+
+def _projection_sample(collect: _Collector, videos: DataFrame, top1: DataFrame,
+                       max_points: int) -> tuple[list[Row], np.ndarray]:
+    """The ``max_points`` videos with the smallest hashes (a top-k, no sort of the whole table),
+    sorted by video_id, with their labels; and their vectors."""
     sample_rows = collect("projection sample", videos
                           .select("video_id", "embedding", F.xxhash64("video_id").alias("_h"))
                           .orderBy("_h", "video_id").limit(max_points)
@@ -121,48 +159,38 @@ def collect_report_data(spark: SparkSession, cfg: Config, space: str, *, max_poi
     sample_rows.sort(key=lambda r: r["video_id"])
     vectors = (np.stack([np.asarray(r["embedding"], np.float64) for r in sample_rows]) if sample_rows
                else np.zeros((0, 2)))
+    return sample_rows, vectors
 
-    # Contact sheet: a few videos per top label, their first ok frames, then exactly those JPEGs.
-    sheet: dict[str, list[tuple[str, int, bytes]]] = {label: [] for label, _ in top}
-    if top and frames_per_label > 0:
-        chosen = (top1.where(F.col("label").isin([label for label, _ in top]))
-                  .withColumn("v_rank", F.row_number().over(
-                      Window.partitionBy("label").orderBy(F.xxhash64("video_id"), "video_id")))
-                  .where(F.col("v_rank") <= frames_per_label))
-        ok_frames = (spark.table(q(FRAME_EMBEDDINGS.name)).where(in_space & (F.col("status") == Status.OK))
-                     .select("video_id", "frame_ts_ms"))
-        keys = collect("contact sheet keys", ok_frames.join(F.broadcast(chosen), "video_id")
-                       .withColumn("f_rank", F.row_number().over(
-                           Window.partitionBy("video_id").orderBy("frame_ts_ms")))
-                       .withColumn("pick", F.row_number().over(
-                           Window.partitionBy("label").orderBy("f_rank", "v_rank")))
-                       .where(F.col("pick") <= frames_per_label)
-                       .select("label", "pick", "video_id", "frame_ts_ms"))
-        if keys:
-            wanted = {(r["video_id"], int(r["frame_ts_ms"])): (r["label"], int(r["pick"])) for r in keys}
-            exact = reduce(lambda a, b: a | b, [(F.col("video_id") == v) & (F.col("frame_ts_ms") == t)
-                                                 for v, t in wanted])
-            images = collect("contact sheet frames", spark.table(q(FRAMES.name))
-                             .where(F.col("video_id").isin(sorted({v for v, _ in wanted})) & exact
-                                    & (F.col("status") == Status.OK))
-                             .select("video_id", "frame_ts_ms", "image"))
-            picked = sorted(((*wanted[(r["video_id"], int(r["frame_ts_ms"]))], r["video_id"],
-                              int(r["frame_ts_ms"]), bytes(r["image"]))
-                             for r in images if r["image"] is not None), key=lambda t: (t[0], t[1]))
-            for label, _, vid, ts, jpeg in picked:
-                sheet[label].append((vid, ts, jpeg))
 
-    table = [(r["video_id"], r["label"], int(r["n_frames"])) for r in collect(
-        "video table", videos.select("video_id", "n_frames").orderBy("video_id").limit(table_rows)
-        .join(top1, "video_id", "left").orderBy("video_id"))] if table_rows > 0 else []
-
-    return ReportData(space=space, total_videos=int(total_videos), labelled_videos=int(totals["labelled"] or 0),
-                      distinct_labels=int(totals["labels"]), top_labels=top,
-                      sample_ids=[r["video_id"] for r in sample_rows],
-                      sample_labels=[r["label"] for r in sample_rows], sample_vectors=vectors,
-                      sheet=sheet, table=table, statuses=statuses,
-                      rows_collected=sum(n for _, n in collected), max_points=max_points,
-                      frames_per_label=frames_per_label, collected_by=collected)
+def _contact_sheet(collect: _Collector, frames: DataFrame, ok_frames: DataFrame, top1: DataFrame,
+                   labels: list[str], frames_per_label: int) -> dict[str, list[tuple[str, int, bytes]]]:
+    """A few videos per top label, their first ok frames round-robin, then exactly those JPEGs:
+    label → [(video_id, frame_ts_ms, jpeg)], labels in ``labels`` order."""
+    sheet: dict[str, list[tuple[str, int, bytes]]] = {label: [] for label in labels}
+    if not labels or frames_per_label <= 0:
+        return sheet
+    chosen = (top1.where(F.col("label").isin(labels))
+              .withColumn("v_rank", F.row_number().over(
+                  Window.partitionBy("label").orderBy(F.xxhash64("video_id"), "video_id")))
+              .where(F.col("v_rank") <= frames_per_label))
+    keys = collect("contact sheet keys", ok_frames.join(F.broadcast(chosen), "video_id")
+                   .withColumn("f_rank", F.row_number().over(Window.partitionBy("video_id").orderBy("frame_ts_ms")))
+                   .withColumn("pick", F.row_number().over(Window.partitionBy("label").orderBy("f_rank", "v_rank")))
+                   .where(F.col("pick") <= frames_per_label)
+                   .select("label", "pick", "video_id", "frame_ts_ms"))
+    if not keys:
+        return sheet
+    wanted = {(r["video_id"], int(r["frame_ts_ms"])): (r["label"], int(r["pick"])) for r in keys}
+    exact = reduce(lambda a, b: a | b, [(F.col("video_id") == v) & (F.col("frame_ts_ms") == t) for v, t in wanted])
+    images = collect("contact sheet frames", frames
+                     .where(F.col("video_id").isin(sorted({v for v, _ in wanted})) & exact
+                            & (F.col("status") == Status.OK))
+                     .select("video_id", "frame_ts_ms", "image"))
+    picked = sorted(((*wanted[(r["video_id"], int(r["frame_ts_ms"]))], r["video_id"], int(r["frame_ts_ms"]),
+                      bytes(r["image"])) for r in images if r["image"] is not None), key=lambda t: (t[0], t[1]))
+    for label, _, vid, ts, jpeg in picked:
+        sheet[label].append((vid, ts, jpeg))
+    return sheet
 
 
 def _colours(n: int) -> list:
@@ -241,12 +269,6 @@ def _contact_sheet_png(path: Path, sheet: dict[str, list[tuple[str, int, bytes]]
     canvas.save(path)
 
 
-def _kv_table(rows: dict) -> str:
-    body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in rows.items())
-    return f"<table>{body}</table>"
-
-
 def _list_query(cfg: Config, space: str) -> str:
     q = cfg.storage.qualified
     return (f"SELECT v.video_id, l.label AS top_label, v.n_frames\n"
@@ -257,29 +279,37 @@ def _list_query(cfg: Config, space: str) -> str:
             f"ORDER BY v.video_id")
 
 
-def write_run_report(spark: SparkSession, cfg: Config, result: EmbedResult, *, max_points: int = MAX_POINTS,
-                     top_labels: int = TOP_LABELS, frames_per_label: int = FRAMES_PER_LABEL,
-                     table_rows: int = TABLE_ROWS) -> Path:
-    """Write the report of ``result`` (the whole space as it stands after the run; bounded samples of
-    it, see module doc)."""
-    storage = cfg.storage
-    out = storage.reports_dir / result.run_id
-    out.mkdir(parents=True, exist_ok=True)
-    space = result.space.id
-    if not result.published and result.validation is None:  # nothing new: the space is as it was
-        return _unchanged_report(out, result)
-    data = collect_report_data(spark, cfg, space, max_points=max_points, top_labels=top_labels,
-                               frames_per_label=frames_per_label, table_rows=table_rows)
-    esc = html.escape
-    total, n_sample = data.total_videos, len(data.sample_ids)
+@dataclass(frozen=True)
+class ReportValues:
+    """What the report of a run that changed its space shows, as plain (unescaped) values;
+    :func:`render_report` lays them out with :mod:`catalogfs.jobs.run_report_template`."""
 
+    run_id: str
+    run: dict[str, Any]  # the run's facts, in display order
+    space_statuses: dict[str, int]  # frame_embeddings rows of the space by status
+    run_statuses: dict[str, int]  # this run's frames by status
+    validation: str  # the validation summary
+    data_docs: str | None  # the Data Docs page, relative to the report's folder
+    total: int  # videos of the space
+    labelled: int  # videos with a top label
+    distinct: int  # distinct top labels
+    top_labels: list[tuple[str, int]]  # (label, videos), most videos first
+    rest: int  # videos of the other labels or of none
+    sample: int  # videos in the projection
+    frames_per_label: int
+    sheet: list[tuple[str, int]]  # (top label, frames on its contact-sheet row)
+    table: list[tuple[str, str | None, int]]  # (video_id, top label, ok frames)
+    list_query: str  # the SQL that lists every video
+    current_view: str | None  # the current_video_labels view when the run's space is the current one
+
+
+def report_values(cfg: Config, result: EmbedResult, data: ReportData, out: Path) -> ReportValues:
+    """The values of ``result``'s report in folder ``out`` (``data``: what :func:`collect_report_data`
+    found in the space)."""
     validation = result.validation
-    docs = ""
-    if validation is not None and validation.data_docs:
-        docs = f' — <a href="{esc(os.path.relpath(validation.data_docs, out))}">Data Docs</a>'
-
-    run_rows = {
-        "run id": result.run_id, "embedding space": space,
+    docs = validation.data_docs if validation is not None else None
+    run = {
+        "run id": result.run_id, "embedding space": result.space.id,
         "model": f"{result.space.model_name} v{result.space.model_version}",
         "frames in the frames table": result.frames_total, "frames embedded this run": result.frames_embedded,
         "model forward passes": result.forward_passes, "embed stage (s)": f"{result.embed_seconds:.1f}",
@@ -288,87 +318,89 @@ def write_run_report(spark: SparkSession, cfg: Config, result: EmbedResult, *, m
         "model loads (Python workers that loaded it)": result.model_loads,
         "seconds per stage": result.stage_summary, "plan": result.plan_scope or "—",
     }
-    sections = [
-        f"<h1>catalogfs embed run {esc(result.run_id)}</h1>", _kv_table(run_rows),
-        "<h2>Frame statuses in this space</h2>", _kv_table(dict(sorted(data.statuses.items()))),
-        "<h2>This run's frames by status</h2>", _kv_table(dict(sorted(result.status_counts.items())) or {"—": 0}),
-        "<h2>Validation</h2>",
-        f"<p>{esc(validation.summary if validation else 'nothing new to validate')}{docs}</p>",
-    ]
+    return ReportValues(
+        run_id=result.run_id, run=run, space_statuses=dict(sorted(data.statuses.items())),
+        run_statuses=dict(sorted(result.status_counts.items())) or {"—": 0},
+        validation=validation.summary if validation else "nothing new to validate",
+        data_docs=os.path.relpath(docs, out) if docs else None,
+        total=data.total_videos, labelled=data.labelled_videos, distinct=data.distinct_labels,
+        top_labels=data.top_labels, rest=data.total_videos - sum(n for _, n in data.top_labels),
+        sample=len(data.sample_ids), frames_per_label=data.frames_per_label,
+        sheet=[(label, len(frames)) for label, frames in data.sheet.items()], table=data.table,
+        list_query=_list_query(cfg, result.space.id),
+        current_view=cfg.storage.qualified("current_video_labels") if result.is_current else None)
 
-    in_top = sum(n for _, n in data.top_labels)
-    sections += [
-        "<h2>Videos by top label</h2>",
-        f"<p>{total} videos in this space, {data.labelled_videos} with a top label, "
-        f"{data.distinct_labels} distinct top labels; the {len(data.top_labels)} with the most videos:</p>",
-        '<table id="top-labels"><tr><th>top label</th><th>videos</th></tr>'
-        + "".join(f"<tr><td>{esc(label)}</td><td>{n}</td></tr>" for label, n in data.top_labels)
-        + f"<tr><td>{OTHER} (other labels, no label)</td><td>{total - in_top}</td></tr></table>",
-    ]
 
-    if total:
-        _projection_png(out / "projection.png", data)
-        if n_sample >= total:
-            sampled = f"Projection of all {total} videos"
-        else:
-            sampled = (f"Projection of {n_sample} of {total} videos, chosen by hash of video_id "
-                       f"(the {n_sample} smallest xxhash64(video_id); the same videos on every run)")
-        sections += [
-            "<h2>Video embeddings in 2-D</h2>",
-            f'<p id="projection-sample">{esc(sampled)}; principal components of that sample. Colour: the '
-            f"{len(data.top_labels)} most frequent top labels; the other videos grey.</p>",
-            '<img src="projection.png" alt="Video embeddings in 2-D">',
-        ]
-        _contact_sheet_png(out / "contact_sheet.png", data.sheet, data.frames_per_label)
-        sections += [
-            "<h2>Sample frames per top label</h2>",
-            f'<p id="contact-sheet">Up to {data.frames_per_label} ok frames for each of the '
-            f"{len(data.sheet)} most frequent top labels (of {data.distinct_labels}), from up to "
-            f"{data.frames_per_label} videos per label chosen by hash of video_id: "
-            + ", ".join(f"{esc(label)} ({len(frames)})" for label, frames in data.sheet.items()) + ".</p>",
-            '<img src="contact_sheet.png" alt="Sample frames per top label">',
-        ]
-        body = "".join(f"<tr><td>{esc(v)}</td><td>{esc(label or '—')}</td><td>{n}</td></tr>"
-                       for v, label, n in data.table)
-        sections += [
-            "<h2>Videos</h2>",
-            f'<p id="video-table">The first {len(data.table)} of {total} videos by video_id. '
-            "To list them all:</p>",
-            f"<pre>{esc(_list_query(cfg, space))}</pre>",
-            "<table><tr><th>video_id</th><th>top label</th><th>ok frames</th></tr>" + body + "</table>",
-        ]
-        if result.is_current:
-            view = esc(storage.qualified("current_video_labels"))
-            sections.append(f"<p>This space is the current one: the <code>{view}</code> view (and the other "
-                            "<code>current_*</code> views) select its rows.</p>")
+def _esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _kv_table(rows: dict[str, Any]) -> str:
+    return template.KV_TABLE.substitute(rows_html="".join(template.KV_ROW.substitute(key=_esc(k), value=_esc(v))
+                                                          for k, v in rows.items()))
+
+
+def render_report(values: ReportValues) -> str:
+    """The report's HTML page: the templates of :mod:`catalogfs.jobs.run_report_template` filled
+    with ``values``, each one HTML-escaped."""
+    v = values
+    body = template.RUN.substitute(
+        run_id=_esc(v.run_id), run_table_html=_kv_table(v.run), space_statuses_html=_kv_table(v.space_statuses),
+        run_statuses_html=_kv_table(v.run_statuses), validation=_esc(v.validation),
+        data_docs_html=template.DATA_DOCS.substitute(href=_esc(v.data_docs)) if v.data_docs else "",
+        total=v.total, labelled=v.labelled, distinct=v.distinct, n_top=len(v.top_labels),
+        top_label_rows_html="".join(template.TOP_LABEL_ROW.substitute(label=_esc(label), videos=n)
+                                    for label, n in v.top_labels),
+        other=_esc(OTHER), rest=v.rest)
+    body += "\n" + (_space_html(v) if v.total else template.NO_VIDEOS)
+    return template.PAGE.substitute(style_html=template.STYLE, body_html=body)
+
+
+def _space_html(v: ReportValues) -> str:
+    """The sections of a space with videos: projection, contact sheet, the first videos."""
+    if v.sample >= v.total:
+        sampled = template.SAMPLED_ALL.substitute(total=v.total)
     else:
-        sections.append("<p>No videos in this space yet.</p>")
+        sampled = template.SAMPLED_SOME.substitute(sample=v.sample, total=v.total)
+    return template.SPACE.substitute(
+        sampled=_esc(sampled), n_top=len(v.top_labels), frames_per_label=v.frames_per_label,
+        sheet_labels=len(v.sheet), distinct=v.distinct,
+        sheet_counts=", ".join(template.SHEET_COUNT.substitute(label=_esc(label), frames=n) for label, n in v.sheet),
+        table_rows=len(v.table), total=v.total, list_query=_esc(v.list_query),
+        video_rows_html="".join(template.VIDEO_ROW.substitute(video_id=_esc(vid), label=_esc(label or "—"), frames=n)
+                                for vid, label, n in v.table),
+        current_html=template.CURRENT.substitute(view=_esc(v.current_view)) if v.current_view else "")
 
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>catalogfs run report</title><style>"
-            "body{font-family:sans-serif;margin:2em} td,th{padding:2px 12px;border-bottom:1px solid #ddd;"
-            "text-align:left} img{max-width:100%;border:1px solid #ccc} pre{background:#f6f6f6;padding:8px}"
-            "</style></head><body>" + "\n".join(sections) + "</body></html>")
+
+def write_run_report(spark: SparkSession, cfg: Config, result: EmbedResult, *, max_points: int = MAX_POINTS,
+                     top_labels: int = TOP_LABELS, frames_per_label: int = FRAMES_PER_LABEL,
+                     table_rows: int = TABLE_ROWS) -> Path:
+    """Write the report of ``result`` (the whole space as it stands after the run; bounded samples of
+    it, see module doc)."""
+    out = cfg.storage.reports_dir / result.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    if not result.published and result.validation is None:  # nothing new: the space is as it was
+        return _unchanged_report(out, result)
+    data = collect_report_data(spark, cfg, result.space.id, max_points=max_points, top_labels=top_labels,
+                               frames_per_label=frames_per_label, table_rows=table_rows)
+    if data.total_videos:
+        _projection_png(out / "projection.png", data)
+        _contact_sheet_png(out / "contact_sheet.png", data.sheet, data.frames_per_label)
     path = out / "report.html"
-    path.write_text(page)
+    path.write_text(render_report(report_values(cfg, result, data, out)))
     return path
 
 
 def _unchanged_report(out: Path, result: EmbedResult) -> Path:
     """The report of a run that found nothing to do: what it checked and how long it took; no
     Spark job (the space is what the report of its last publishing run shows)."""
-    esc = html.escape
     rows = {"run id": result.run_id, "embedding space": result.space.id,
             "model": f"{result.space.model_name} v{result.space.model_version}",
             "frames in the frames table": result.frames_total, "frames embedded this run": 0,
             "plan": result.plan_scope or "—", "whole run (s)": f"{result.seconds:.1f}",
             "seconds per stage": result.stage_summary, "table versions": result.table_versions,
             "current space after the run": result.current_space or "none"}
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>catalogfs run report</title><style>"
-            "body{font-family:sans-serif;margin:2em} td{padding:2px 12px;border-bottom:1px solid #ddd}</style>"
-            f"</head><body><h1>catalogfs embed run {esc(result.run_id)}</h1>{_kv_table(rows)}"
-            "<p>Nothing new to embed or refresh: the space did not change in this run, so no projection "
-            "or contact sheet was drawn (the report of the space's last publishing run shows it).</p>"
-            "</body></html>")
+    body = template.UNCHANGED.substitute(run_id=_esc(result.run_id), run_table_html=_kv_table(rows))
     path = out / "report.html"
-    path.write_text(page)
+    path.write_text(template.PAGE.substitute(style_html=template.STYLE_UNCHANGED, body_html=body))
     return path

@@ -23,7 +23,7 @@ import uuid
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.errors import InputError
+from catalogfs.errors import InputError, PromotionError
 from catalogfs.jobs.job_main import run_main
 from catalogfs.features import promotion
 
@@ -43,7 +43,7 @@ def serve_space(spark, cfg: Config, space_id: str, *, run_id: str, note: str = "
 
     owner = promotion.require_published(spark, cfg.storage, space_id)
     if owner.model_name != cfg.model.name:
-        raise promotion.PromotionError(
+        raise PromotionError(
             f"space {space_id!r} was made by model {owner.model_name!r}, but this catalogue serves "
             f"model.name={cfg.model.name!r}: the scheduled embed would not maintain it. Set model.name: "
             f"{owner.model_name} in the config the scheduled job uses (or --set model.name={owner.model_name}), "

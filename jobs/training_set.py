@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from catalogfs.config import Config
-from catalogfs.features.training_set import OK, TrainingSetArgumentError, read_events, training_set
+from catalogfs.errors import TrainingSetArgumentError
+from catalogfs.features.training_set import OK, read_events, training_set
 from catalogfs.jobs.job_main import run_main
 
 

@@ -64,6 +64,22 @@ def default_bundle(tmp_path_factory) -> Path:
     return write_default_bundle(tmp_path_factory.mktemp("bundle") / "efficientnet_lite0")
 
 
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """The wheel built from a copy of this checkout, once per test run (tests/wheel_env.py)."""
+    from tests.wheel_env import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(built_wheel: Path, tmp_path_factory):
+    """A fresh virtualenv outside the checkout with the wheel installed, once per test run."""
+    from tests.wheel_env import install_in_fresh_venv
+
+    return install_in_fresh_venv(built_wheel, tmp_path_factory.mktemp("wheel-venv") / "venv")
+
+
 # --- Test tiers -------------------------------------------------------------------------------------
 # `spark`: the test starts a JVM. Marked here when it uses the `spark` fixture (directly or through
 # another fixture) or lives in a module that runs jobs as separate processes; a test can also mark
@@ -71,12 +87,13 @@ def default_bundle(tmp_path_factory) -> Path:
 SUBPROCESS_SPARK_MODULES = frozenset({
     "test_crash_safety.py",  # the real jobs, each in its own process (python -m jobs.…)
     "test_standalone_cluster.py",  # a standalone master and worker, jobs sent with spark-submit
+    "test_wheel.py",  # `catalogfs demo` from the installed wheel, in its own process
 })
 
 # `slow`: over ~20 s on the 2-core machine. How this was measured: `make test-fast` with
 # --durations=25 (the non-Spark tests; 2 cores, load 6-9 from other jobs): only the pipeline bench
 # test went over (28 s; the next was 11 s). The Spark modules were not timed one by one (a full run
-# takes 30-60 min): they are the ones the README's measured round names as the slow part
+# takes 30-60 min): they are the ones docs/development.md's measured round names as the slow part
 # (crash_safety, operations) and those that start more JVMs or run the whole pipeline in their
 # module fixture. `make test` prints --durations=25: keep these lists in step with what CI shows.
 SLOW_MODULES = frozenset({
@@ -85,6 +102,7 @@ SLOW_MODULES = frozenset({
     "test_concurrency.py",  # racing publishers with retries
     "test_operations.py",  # about ten embed runs on one catalogue
     "test_pipeline.py",  # the whole pipeline end to end in its module fixture
+    "test_wheel.py",  # builds and installs the wheel, then a whole demo run from it
 })
 SLOW_TESTS = frozenset({  # <module>::<test function>
     "test_bench.py::test_pipeline_bench_rows_in_their_own_processes",  # 28 s

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from catalogfs.errors import VectorIndexError
 from catalogfs.features import ann
 
 
@@ -68,7 +69,7 @@ def test_vector_index_queries_removals_and_the_current_pointer(tmp_path):
     pq.write_table(pa.table({"id": ids[10:], "video_id": [f"v{i // 4}" for i in range(10, 400)],
                              "frame_ts_ms": [1000 * (i % 4) for i in range(10, 400)]}), folder / ann.KEYS_FILE)
     ann.Manifest("v1", "space-a", "frame", "flat", 16, 0, 0, 390, "frame_embeddings", 7, 1.0, 10, 390, 0).write(folder)
-    with pytest.raises(ann.VectorIndexError, match="no current frame index"):
+    with pytest.raises(VectorIndexError, match="no current frame index"):
         ann.VectorIndex.open_current(tmp_path, "space-a", "frame")
     ann.set_current(tmp_path, "space-a", "frame", "v1")
     served = ann.VectorIndex.open_current(tmp_path, "space-a", "frame")  # memory-mapped
@@ -78,7 +79,7 @@ def test_vector_index_queries_removals_and_the_current_pointer(tmp_path):
     expected = [(f"v{(j + 10) // 4}", 1000 * ((j + 10) % 4)) for j in np.argsort(-sims) if j + 10 != 201][:5]
     assert [key for key, _ in hits] == expected
     np.testing.assert_allclose([s for _, s in hits], sorted(np.delete(sims, 191), reverse=True)[:5], atol=1e-6)
-    with pytest.raises(ann.VectorIndexError, match="not in index v1"):
+    with pytest.raises(VectorIndexError, match="not in index v1"):
         served.vector(("v0", 0))
 
 
@@ -122,9 +123,9 @@ def test_gpu_training_is_asked_for_only_where_faiss_sees_a_gpu():
     sample = _unit(rng, 200, 8)
     assert ann.gpus() == 0  # faiss-cpu here (CI has no GPU)
     assert not ann.train_on_gpu("auto") and not ann.train_on_gpu("cpu")
-    with pytest.raises(ann.VectorIndexError, match="index.device is gpu, but faiss sees no GPU"):
+    with pytest.raises(VectorIndexError, match="index.device is gpu, but faiss sees no GPU"):
         ann.trained_empty_index("ivf_flat", 8, sample, 4, device="gpu")
-    with pytest.raises(ann.VectorIndexError, match="must be auto, cpu or gpu"):
+    with pytest.raises(VectorIndexError, match="must be auto, cpu or gpu"):
         ann.train_on_gpu("cuda")
     trained = ann.trained_empty_index("ivf_flat", 8, sample, 4, device="auto")
     assert trained.is_trained and trained.nlist == 4

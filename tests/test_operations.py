@@ -100,6 +100,7 @@ def test_registry_errors_are_retried_never_read_as_a_missing_alias(ops, monkeypa
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from catalogfs.errors import RegistryUnavailable
     from catalogfs.udfs import model_registry
 
     cfg, _, _ = ops
@@ -124,7 +125,7 @@ def test_registry_errors_are_retried_never_read_as_a_missing_alias(ops, monkeypa
                                             cache_dir=cfg.storage.model_cache_dir)
     assert resolved.version == "1" and failures["left"] == 0
     failures["left"] = 100  # the registry stays down: a clear error, nothing registered
-    with pytest.raises(model_registry.RegistryUnavailable, match="failed 4 times"):
+    with pytest.raises(RegistryUnavailable, match="failed 4 times"):
         model_registry.ensure_default_model(client, MODEL, "champion", experiment_id=experiment)
     assert _versions(MlflowClient(), MODEL) == ["1"]
     assert str(MlflowClient().get_model_version_by_alias(MODEL, "champion").version) == "1"
@@ -151,7 +152,7 @@ def test_one_broken_upload_does_not_block_the_catalogue(spark, ops, tmp_path_fac
 def test_pipeline_failures_still_fail_the_gate(spark, ops, monkeypatch):
     """A model that fails every frame never publishes: inference errors are the pipeline's own."""
     from catalogfs.features import run_plan, staging
-    from catalogfs.features.embedding_run import ValidationFailed
+    from catalogfs.errors import ValidationFailed
 
     cfg, first, _ = ops
     real = staging.compute_frame_candidates

@@ -1,5 +1,5 @@
 """One source of truth for the inference options: ``InferenceConfig`` (catalogfs/config.py) describes
-them; the engine's ``EngineOptions``, ``conf/base.yaml`` and the README's options table must name
+them; the engine's ``EngineOptions``, ``conf/base.yaml`` and the configuration reference (docs/configuration.md) must name
 the same ones. No Spark."""
 
 import re
@@ -16,10 +16,10 @@ CONFIG_FIELDS = set(InferenceConfig.model_fields)
 
 
 def _readme_inference_keys() -> set[str]:
-    """The ``inference.*`` keys the README's configuration table lists. A row's first cell may
+    """The ``inference.*`` keys the configuration reference (docs/configuration.md) lists. A row's first cell may
     name several keys of a section: ``inference.batch_size`` / ``device`` / …"""
     keys: set[str] = set()
-    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+    for line in (PROJECT_ROOT / "docs" / "configuration.md").read_text().splitlines():
         if not line.startswith("| `inference."):
             continue
         first_cell = line.split("|")[1]
@@ -67,8 +67,8 @@ def test_base_yaml_sets_every_inference_option_to_its_default():
     assert InferenceConfig.model_validate(section) == InferenceConfig()
 
 
-def test_readme_table_lists_every_inference_option():
+def test_reference_table_lists_every_inference_option():
     listed = _readme_inference_keys()
     assert listed == CONFIG_FIELDS, (
-        f"README inference table: rows to add {sorted(CONFIG_FIELDS - listed)}, "
+        f"docs/configuration.md inference table: rows to add {sorted(CONFIG_FIELDS - listed)}, "
         f"rows to remove {sorted(listed - CONFIG_FIELDS)}")

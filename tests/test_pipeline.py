@@ -116,7 +116,7 @@ def test_lineage_and_mlflow_run(spark, e2e):
     run = mlflow.get_run(embedded.run_id)
     assert run.data.metrics["frames_embedded"] == 5
     assert run.data.tags["model.version"] == "1"
-    assert run.data.tags[f"delta.frame_embeddings.version"] == str(embedded.table_versions["frame_embeddings"])
+    assert run.data.tags["delta.frame_embeddings.version"] == str(embedded.table_versions["frame_embeddings"])
     history = delta_writer.table_version(spark, cfg.storage, "frame_embeddings")
     commit = spark.sql(f"DESCRIBE HISTORY {cfg.storage.qualified('frame_embeddings')} LIMIT 1").first()
     assert history == embedded.table_versions["frame_embeddings"]

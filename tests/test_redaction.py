@@ -6,7 +6,8 @@ import logging
 import pytest
 
 from catalogfs.jobs import cli
-from catalogfs.config import DEFAULT_CONF_DIR, ConfigError, load_config
+from catalogfs.config import DEFAULT_CONF_DIR, load_config
+from catalogfs.errors import ConfigError
 from catalogfs.redaction import install_log_redaction, is_secret_key, redact, redact_text, secret_values
 from catalogfs.tracking import config_params
 
@@ -23,6 +24,7 @@ CANARY = "canary-7f3a9c-do-not-leak"
     ("db.password", True), ("github_token", True), ("gcp.credentials", True),
     ("storage.database", False), ("inference.batch_size", False), ("retention.keep_versions", False),
     ("spark.settings.spark.sql.shuffle.partitions", False), ("mlflow.tracking_uri", False),
+    ("server.jdbc_auth", False), ("spark.settings.spark.hadoop.hive.server2.auth", True),
 ])
 def test_secret_looking_keys(key, secret):
     assert is_secret_key(key) is secret

@@ -5,6 +5,7 @@ a driver that never collects in proportion to the catalogue. Fixture tables buil
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from collections import Counter
@@ -262,3 +263,23 @@ def test_a_run_with_nothing_to_do_writes_a_short_page_without_a_spark_job(spark,
     page = path.read_text()
     assert "Nothing new to embed or refresh" in page and "0 videos changed" in page and "<img" not in page
     assert not (path.parent / "projection.png").exists()
+
+
+def test_the_page_escapes_every_value_and_fills_every_field():
+    """The layout alone (no Spark): every template field is filled, and what comes from the
+    catalogue (labels, video ids, the validation summary) is escaped, so a label cannot add markup."""
+    label = "<script>x</script>"
+    values = run_report.ReportValues(
+        run_id="run<1>", run={"run id": "run<1>"}, space_statuses={"ok": 3}, run_statuses={"—": 0},
+        validation="2 suites & 1 <b>warning</b>", data_docs='gx/index.html?a=1&b="2"', total=3, labelled=2,
+        distinct=2, top_labels=[(label, 2)], rest=1, sample=2, frames_per_label=4, sheet=[(label, 1)],
+        table=[("v&1", None, 2)], list_query="SELECT 'a' < 'b'", current_view="db.current_video_labels")
+    page = run_report.render_report(values)
+    assert "<script>" not in page and "<b>" not in page and "$" not in page
+    assert page.count("&lt;script&gt;x&lt;/script&gt;") == 2  # the top-labels table and the contact sheet
+    assert "<h1>catalogfs embed run run&lt;1&gt;</h1>" in page
+    assert 'href="gx/index.html?a=1&amp;b=&quot;2&quot;"' in page
+    assert "<tr><td>v&amp;1</td><td>—</td><td>2</td></tr>" in page and "SELECT &#x27;a&#x27; &lt; &#x27;b&#x27;" in page
+    assert "Projection of 2 of 3 videos, chosen by hash of video_id" in page and "db.current_video_labels" in page
+    empty = run_report.render_report(dataclasses.replace(values, total=0, current_view=None))
+    assert "No videos in this space yet." in empty and "<img" not in empty and "current_video_labels" not in empty

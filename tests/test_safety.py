@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.jobs import cli
 from catalogfs.config import DEFAULT_CONF_DIR
+from catalogfs.errors import SchemaMismatch
 from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 from catalogfs.features import delta_writer
 from catalogfs.features.publish import publish_candidates
@@ -179,15 +180,15 @@ def test_wrong_schema_candidates_are_refused_before_publish(spark, schema_db):
     video_lab = (spark.createDataFrame([_label_row(embedding_space=space.id)], VIDEO_LABELS.schema)
                  .withColumnRenamed("rank", "label_rank").withColumn("score", F.col("score").cast("double")))
     before = _versions(spark, schema_db)
-    with pytest.raises(delta_writer.SchemaMismatch) as err:
-        publish_candidates(spark, schema_db, space, frame_state, video_emb, video_lab, ["v1"], run_id="r",
-                           txn_version=1)
+    with pytest.raises(SchemaMismatch) as err:
+        publish_candidates(spark, schema_db, space, {FRAME_EMBEDDINGS.name: frame_state, VIDEO_EMBEDDINGS.name: video_emb,
+                                                     VIDEO_LABELS.name: video_lab}, ["v1"], run_id="r", txn_version=1)
     message = str(err.value)
     assert "schema_features.video_labels" in message
     assert "missing columns ['rank']" in message and "unexpected columns ['label_rank']" in message
     assert "score (float expected, got double)" in message
     assert _versions(spark, schema_db) == before  # not even frame_embeddings, merged first, was touched
-    with pytest.raises(delta_writer.SchemaMismatch, match="lineage|feature_versions"):
+    with pytest.raises(SchemaMismatch, match="lineage|feature_versions"):
         delta_writer.append_rows(spark, schema_db.storage, FEATURE_VERSIONS, video_emb)
     assert _versions(spark, schema_db) == before
 

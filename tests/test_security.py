@@ -1,6 +1,6 @@
 """A served catalogue probed as an attacker on the same host would (issue 23's attacks, replayed).
 
-One real server for the module, configured as the README says a networked one must be (JDBC logins
+One real server for the module, configured as docs/security.md says a networked one must be (JDBC logins
 and TLS with a self-signed pair made here), started with ``catalogfs serve --detach`` (supervised)
 on free loopback ports, with a reader and an operator in its users file. A Spark Connect client (the
 operator's token) creates ``served.items``; every attack then runs as a separate client process —

@@ -26,7 +26,7 @@ from catalogfs.errors import ServerUnavailable
 from catalogfs.server_record import pid_alive, read_record, record_path
 from catalogfs.supervisor import RestartPolicy
 from catalogfs.supervisor_state import (
-    GAVE_UP, RESTARTING, RUNNING, SupervisorState, live_supervisor, read_state, state_path, write_state,
+    GAVE_UP, RESTARTING, RUNNING, SupervisorState, live_supervisor, read_state, state_path,
 )
 from tests.helpers import free_ports, server_env
 

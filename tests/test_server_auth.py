@@ -129,3 +129,12 @@ def test_tls_needs_both_files_and_makes_a_private_keystore(tmp_path):
     assert loaded[1].subject.rfc4514_string() == "CN=localhost"
     with pytest.raises(ConfigError, match="server.tls.key_file"):
         write_keystore(cfg.server.tls.model_copy(update={"key_file": str(cert)}), tmp_path / "ks")
+    # a readable key of a kind no keystore holds (key agreement only): a config error, not a traceback
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    x_key = tmp_path / "x25519.pem"
+    x_key.write_bytes(x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(ConfigError, match="X25519PrivateKey cannot go into a TLS keystore"):
+        write_keystore(cfg.server.tls.model_copy(update={"key_file": str(x_key)}), tmp_path / "ks")

@@ -105,7 +105,7 @@ def test_drifted_new_version_is_rejected(spark, two_spaces, tmp_path, default_bu
     from safetensors.torch import load_file, save_file
 
     from catalogfs.features import delta_writer
-    from catalogfs.features.embedding_run import ValidationFailed
+    from catalogfs.errors import ValidationFailed
     from catalogfs.udfs.model_registry import register_bundle
 
     cfg, first, _ = two_spaces

@@ -1,11 +1,11 @@
 """A real Spark standalone cluster on loopback: a master and one worker started from the pip
-package's scripts, the jobs submitted with a bare `spark-submit`, the published rows checked with an
-independent reader, both daemons stopped."""
+package's scripts, the jobs submitted with a bare `spark-submit` from the installed wheel (its job
+files and its packaged `local` profile, in a virtualenv outside the checkout: tests/wheel_env.py),
+the published rows checked with an independent reader, both daemons stopped."""
 
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import pyspark
-from tests.helpers import PROJECT_ROOT
 from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
 
 SPARK_HOME = Path(pyspark.__file__).parent
@@ -28,15 +27,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, cfg):
-    from catalogfs.spark import write_spark_defaults
-
-    write_spark_defaults(cfg)  # what `make` does: spark-submit here knows Delta and this Python
+def cluster(tmp_path_factory, wheel_venv):
     state = tmp_path_factory.mktemp("standalone")
-    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_PID_DIR": str(state / "pids"), "SPARK_LOG_DIR": str(state / "logs"),
-           "SPARK_IDENT_STRING": f"catalogfs-test-{os.getpid()}", "SPARK_WORKER_DIR": str(state / "work"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = wheel_venv.env(SPARK_HOME=str(SPARK_HOME), SPARK_CONF_DIR=str(state / "spark-conf"),
+                         SPARK_PID_DIR=str(state / "pids"), SPARK_LOG_DIR=str(state / "logs"),
+                         SPARK_IDENT_STRING=f"catalogfs-test-{os.getpid()}", SPARK_WORKER_DIR=str(state / "work"))
+    # The installed product's set-up: spark-defaults.conf with the Delta jars and the venv's Python
+    set_up = subprocess.run([str(wheel_venv.python), "-m", "catalogfs.spark"], cwd=state, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert set_up.returncode == 0, set_up.stderr
+    defaults = (state / "spark-conf" / "spark-defaults.conf").read_text()
+    assert f"spark.pyspark.python {wheel_venv.python}\n" in defaults and "delta-spark" in defaults
     port = _free_port()
     url = f"spark://127.0.0.1:{port}"
     daemon = str(SPARK_HOME / "sbin" / "spark-daemon.sh")
@@ -53,18 +54,23 @@ def cluster(tmp_path_factory, cfg):
             time.sleep(1)
         else:
             pytest.fail(f"worker did not register with {url}:\n{logs[-2000:]}")
-        yield url, env, state
+        yield url, env, state, wheel_venv
     finally:
         subprocess.run([daemon, "stop", WORKER, "1"], env=env, capture_output=True)
         subprocess.run([daemon, "stop", MASTER, "1"], env=env, capture_output=True)
 
 
-def _submit(url, env, job, data_root, *extra):
-    cmd = ["spark-submit", "--master", url, "--conf", "spark.driver.host=127.0.0.1",
+def _submit(cluster, job, data_root, *extra):
+    """spark-submit of the job file installed from the wheel, with the packaged `local` profile,
+    from a folder outside the checkout."""
+    url, env, state, venv = cluster
+    job_file = venv.site_packages / "catalogfs" / "jobs" / f"{job}.py"
+    assert job_file.is_file()
+    cmd = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", url, "--conf", "spark.driver.host=127.0.0.1",
            "--conf", "spark.cores.max=1", "--conf", "spark.executor.memory=2g",
-           str(PROJECT_ROOT / "jobs" / f"{job}.py"), "--conf", str(PROJECT_ROOT / "conf" / "local.yaml"),
+           str(job_file), "--conf", "local",
            "--set", f"storage.data_root={data_root}", "--set", "inference.batch_size=8", *extra]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=state, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
 
@@ -72,14 +78,14 @@ def _submit(url, env, job, data_root, *extra):
 def test_embed_job_on_a_standalone_cluster(cluster):
     from deltalake import DeltaTable
 
-    url, env, state = cluster
+    state = cluster[2]
     data_root = state / "data"
     videos = state / "videos"
     make_sample_videos(videos, seconds=2.0, fps=8, width=224, height=128,
                        photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "coffee_cup"))
-    out = _submit(url, env, "extract_frames", data_root, "--input", str(videos))
+    out = _submit(cluster, "extract_frames", data_root, "--input", str(videos))
     assert "1 videos → 2 ok frames" in out
-    out = _submit(url, env, "embed_frames", data_root)
+    out = _submit(cluster, "embed_frames", data_root)
     assert "2 frames embedded" in out and "published" in out
 
     table = data_root / "warehouse" / "catalog_features.db"

@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
-from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
 from catalogfs.tracking import configure_mlflow
 from catalogfs.features import promotion
 from catalogfs.features.history import sync_history, synced_version
-from catalogfs.features.training_set import TrainingSetError, training_set
+from catalogfs.features.training_set import training_set
+from catalogfs.errors import TrainingSetError
 from catalogfs.jobs import embed_frames, extract_frames
 from catalogfs.jobs import training_set as training_set_job
 from catalogfs.jobs.samples import SAMPLE_PHOTOS, make_sample_videos
@@ -195,11 +195,11 @@ def test_a_space_asked_for_is_read_at_every_time(spark, timeline):
         training_set(spark, cfg.storage, spark.createDataFrame(events, EVENT_SCHEMA), ts="clicked_at")
 
 
-def test_the_readme_sql_gives_what_the_api_gives(spark, timeline):
-    """The AS-OF join a consumer pastes from the README (the space current at each event's time)."""
+def test_the_documented_sql_gives_what_the_api_gives(spark, timeline):
+    """The AS-OF join a consumer pastes from docs/consuming.md (the space current at each event's time)."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "consuming.md").read_text()
     sql = next(block for block in readme.split("```sql")[1:] if "WITH current_spaces" in block)
     sql = sql.split("```")[0].split(";")[0].replace("catalog_features.", f"{DATABASE}.")
     c = timeline.commits

@@ -13,7 +13,6 @@ from PIL import Image
 from tests.helpers import photo_bytes
 from catalogfs.udfs.engine import EmbeddingEngine, EngineOptions
 from catalogfs.udfs.hf_models import write_transformers_bundle
-from catalogfs.udfs.model_bundle import load_bundle
 
 
 def _tiny_clip(path):
@@ -194,7 +193,7 @@ def test_registered_transformers_models_write_spaces_beside_the_default(spark, c
     assert {n: s.dim for n, s in spaces.items()} == {"efficientnet_lite0_imagenet": 1280, "tiny_clip": 16,
                                                     "tiny_vit": 32}
     fe = spark.table(cfg.storage.qualified("frame_embeddings")).collect()
-    for name, space in spaces.items():
+    for space in spaces.values():
         rows = [r for r in fe if r.embedding_space == space.id]
         assert len(rows) == 2 and all(len(r.embedding) == space.dim for r in rows)
     labels = spark.table(cfg.storage.qualified("video_labels")).collect()

@@ -14,7 +14,6 @@ from catalogfs.expectations.runner import validate_candidates
 from catalogfs.expectations.suites import SuiteParams, frame_embeddings_suite
 from catalogfs.expectations.vector_checks import with_score_checks, with_vector_checks
 from catalogfs.features import delta_writer
-from catalogfs.features.embedding_run import ValidationFailed
 from catalogfs.features.tables import FRAME_EMBEDDINGS
 from catalogfs.jobs import embed_frames, extract_frames
 from tests.helpers import with_database

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from catalogfs.udfs.preprocess import PreprocessSpec
-from catalogfs.errors import BundleError  # noqa: F401 (raised here, importable from here)
+from catalogfs.errors import BundleError
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from catalogfs.udfs.bundle_format import WEIGHTS_FILE, BundleError, BundleSpec, read_labels
+from catalogfs.errors import BundleError
+from catalogfs.udfs.bundle_format import WEIGHTS_FILE, BundleSpec, read_labels
 from catalogfs.udfs.flags import FLAG_SCORE_SOFTMAX
 
 EMBEDDING_DIM = 1280

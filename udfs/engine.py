@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from catalogfs.errors import BundleError, OnnxExportError
 from catalogfs.statuses import Status
 from catalogfs.udfs.families import serves_onnx_on_cpu
 from catalogfs.udfs.flags import FLAG_SCORE_SIGMOID
 from catalogfs.udfs.gpu_decode import decode_jpeg_tensor, gpu_decode_available, looks_like_jpeg, tensor_preprocess_supported
 from catalogfs.udfs.images import decode_image
 from catalogfs.udfs.label_scores import flags_over_thresholds, score_logits
-from catalogfs.udfs.model_bundle import BundleError, LoadedModel, load_bundle
-from catalogfs.udfs.onnx_runtime import OnnxExportError, load_onnx_module, onnx_available
+from catalogfs.udfs.model_bundle import LoadedModel, load_bundle
+from catalogfs.udfs.onnx_runtime import load_onnx_module, onnx_available
 
 if TYPE_CHECKING:  # the engine runs without the config layer (pydantic, yaml)
     from catalogfs.config import InferenceConfig
@@ -258,7 +259,7 @@ class EmbeddingEngine:
 
     def _prepare(self, data: bytes | bytearray | memoryview | None) -> _Prepared:
         """Decode and preprocess one frame: on the GPU when enabled and possible, else with PIL."""
-        if self.gpu_decode and looks_like_jpeg(data):
+        if self.gpu_decode and data is not None and looks_like_jpeg(data):
             try:
                 return _Prepared(decode_jpeg_tensor(data, self.preprocess, device=self.device,
                                                     max_pixels=self.options.max_image_pixels))

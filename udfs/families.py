@@ -21,7 +21,8 @@ from typing import Mapping, Protocol, Sequence
 
 from torch import nn
 
-from catalogfs.udfs.bundle_format import BundleError, BundleSpec
+from catalogfs.errors import BundleError
+from catalogfs.udfs.bundle_format import BundleSpec
 from catalogfs.udfs.efficientnet_lite import FAMILY as EFFICIENTNET_LITE0
 from catalogfs.udfs.hf_models import FAMILY as TRANSFORMERS
 

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from catalogfs.errors import FlagsError  # noqa: F401 (raised here, importable from here)
+from catalogfs.errors import FlagsError
 
 FLAG_SCORE_SIGMOID = "sigmoid"
 FLAG_SCORE_SOFTMAX = "softmax"

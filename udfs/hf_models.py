@@ -78,6 +78,7 @@ class TransformersVision(nn.Module):
         if self.kind == "clip":
             pooled = _first(self.model.get_image_features(pixel_values=x))
             if self.text_embeddings.shape[0]:
+                assert self.logit_scale is not None, "text embeddings come with their logit scale"
                 return pooled, zero_shot_logits(pooled, self.text_embeddings, self.logit_scale)
             return pooled, pooled.new_zeros(pooled.shape[0], 0)
         if self.kind == "classifier":
@@ -200,7 +201,7 @@ def write_transformers_bundle(hf_source: Path, directory: Path, *, taxonomy: Map
     preprocess = PreprocessSpec.from_hf_processor(json.loads(processor.read_text()))
     zero_shot = kind == "clip" and bool(taxonomy)
     options = TransformersOptions(kind=kind, model_type=config.get("model_type", ""), taxonomy=(
-        {str(k): [str(p) for p in v] for k, v in taxonomy.items()} if zero_shot else {}))
+        {str(k): [str(p) for p in v] for k, v in taxonomy.items()} if zero_shot and taxonomy else {}))
     label_set = ""
     if zero_shot:
         label_set = taxonomy_version or "taxonomy"

@@ -65,8 +65,7 @@ def decode_image(data: bytes | bytearray | memoryview | None, *, max_pixels: int
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", draft_size)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return DecodeOutcome(_to_rgb(img), Status.OK)
+            return DecodeOutcome(_to_rgb(ImageOps.exif_transpose(img)), Status.OK)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return DecodeOutcome(None, Status.IMAGE_TOO_LARGE, str(exc))
     except UnidentifiedImageError:

@@ -15,15 +15,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from catalogfs.errors import BundleError
 from catalogfs.udfs.bundle_format import (
-    FORMAT_VERSION, LABELS_FILE, SPEC_FILE, WEIGHTS_FILE, BundleError, BundleSpec, FlagSettings, read_spec,
+    FORMAT_VERSION, LABELS_FILE, SPEC_FILE, WEIGHTS_FILE, BundleSpec, FlagSettings, read_spec,
     write_spec,
 )
 from catalogfs.udfs.families import FAMILIES, ModelFamily, family
 from catalogfs.udfs.flags import check_flag_labels, parse_flags
 
 __all__ = [  # the bundle API; the format's names are re-exported for the callers that import them from here
-    "FAMILIES", "FORMAT_VERSION", "LABELS_FILE", "SPEC_FILE", "WEIGHTS_FILE", "BundleError", "BundleSpec",
+    "FAMILIES", "FORMAT_VERSION", "LABELS_FILE", "SPEC_FILE", "WEIGHTS_FILE", "BundleSpec",
     "FlagSettings", "LoadedModel", "bundle_labels", "copy_with_flags", "load_bundle", "read_spec", "write_bundle",
     "write_spec",
 ]

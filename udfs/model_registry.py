@@ -19,7 +19,7 @@ from catalogfs.udfs.efficientnet_lite import FAMILY as EFFICIENTNET_LITE0
 from catalogfs.udfs.families import family
 from catalogfs.udfs.model_bundle import BundleSpec, read_spec, write_bundle
 from catalogfs.udfs.preprocess import PreprocessSpec
-from catalogfs.errors import ModelResolutionError, RegistryUnavailable  # noqa: F401 (raised here, importable from here)
+from catalogfs.errors import ModelResolutionError, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 

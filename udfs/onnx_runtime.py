@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from catalogfs.errors import OnnxExportError  # noqa: F401 (raised here, importable from here)
+from catalogfs.errors import OnnxExportError
 
 log = logging.getLogger(__name__)
 

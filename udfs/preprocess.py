@@ -124,6 +124,6 @@ class PreprocessSpec:
         return self._normalise(img.resize((self.crop, self.crop), _RESAMPLE[self.interpolation], box=box))
 
     def _normalise(self, img: Image.Image) -> np.ndarray:
-        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr: np.ndarray = np.asarray(img, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))

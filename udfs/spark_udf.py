@@ -85,7 +85,7 @@ def make_relabel_udf(scorer):
     ``labels``, ``label_scores``, ``flags``, ``flag_scores`` of :class:`udfs.relabel.ZeroShotScorer`
     ``scorer``, which travels with the UDF as data: workers load no model and run no forward pass."""
 
-    @pandas_udf(RELABEL_RESULT_DDL)  # type: ignore[call-overload]
+    @pandas_udf(RELABEL_RESULT_DDL)
     def relabel_vectors(vectors: pd.Series) -> pd.DataFrame:
         return scorer.score_series(vectors)
 
