@@ -27,6 +27,7 @@ the Python workers it forks all write there; conf/log4j2.properties sets the lev
 from __future__ import annotations
 
 from datetime import datetime
+import atexit
 import logging
 import os
 from pathlib import Path
@@ -258,8 +259,32 @@ def _launch_jvm(settings: dict[str, str], storage) -> None:
         _jvm_log = _new_jvm_log(storage.data_root / "logs")
         with open(_jvm_log, "ab") as out:  # the JVM keeps its own copy of the descriptor
             gateway = launch_gateway(conf, popen_kwargs={"stdout": out, "stderr": subprocess.STDOUT})
+    if gateway.proc is not None:
+        atexit.register(_end_jvm_at_exit, gateway.proc)
     # What SparkContext(gateway=...) does: the builder below then uses this JVM instead of starting one.
     SparkContext._ensure_initialized(gateway=gateway)
+
+
+JVM_EXIT_WAIT_SECONDS = 60.0
+
+
+def _end_jvm_at_exit(proc: subprocess.Popen) -> None:
+    """At interpreter exit: end this process's JVM and wait for it. pyspark leaves the JVM to notice
+    its closed stdin and shut down after the Python process is gone, still writing its log and
+    holding the metastore; waiting here means that when a command's process exits, its JVM has
+    too: a backup or the scheduler's next command sees the data root as the command left it."""
+    if proc.poll() is not None:
+        return
+    logging.disable(logging.INFO)  # py4j reports each connection the exiting JVM closes
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()  # pyspark's gateway server exits when its stdin closes
+        proc.wait(timeout=JVM_EXIT_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except OSError:  # already gone
+        pass
 
 
 def _new_jvm_log(logs_dir: Path) -> Path:

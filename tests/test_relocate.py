@@ -158,3 +158,23 @@ def test_a_moved_registry_keeps_resolving_the_default_model_from_its_new_place(t
     assert resolved.source_uri.startswith((after.storage.data_root / "mlflow-artifacts").as_uri()), resolved.source_uri
     assert resolved.spec.embedding_dim == 1280
     assert all(str(before.storage.data_root) not in p for p in _registry_paths(after.storage.data_root))
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # one command with its own JVM
+def test_when_a_command_exits_its_jvm_has_exited_too(tmp_path):
+    """A backup taken the moment a scheduled command returns must see its final data root: the
+    command's JVM (logs, the metastore's lock, Derby's files) has finished before the process exits.
+    (Seen: a copy test found the original's JVM log still growing after the job had returned.)"""
+    from catalogfs.catalog_lock import metastore_holder
+
+    root = tmp_path / "data"
+    done = _catalogfs(root, "sql", "SELECT 1 AS one")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert metastore_holder(root / "metastore_db") is None  # no JVM of that command holds the catalogue
+    after_exit = _files(root)
+    assert any(name.startswith("logs/spark-") for name in after_exit)
+    import time
+
+    time.sleep(5)
+    assert _files(root) == after_exit  # nothing under the data root changes once the command has returned
