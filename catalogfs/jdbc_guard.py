@@ -3,10 +3,11 @@
 Spark SQL reaches beyond the catalogue (``TRANSFORM … USING 'cmd'`` runs a shell command,
 ``reflect`` calls Java methods, file paths read any file the server can, session settings load
 catalog plugins), and neither HiveServer2 nor Spark Connect checks who connects the way this
-project needs. The guard is a few Java classes kept as source in ``resources/java/catalogfs/``:
+project needs. The guard is a few Java classes kept as source in ``catalogfs/java/`` (package data):
 ``JdbcGuardExtension`` (a ``spark.sql.extensions`` class: the parser and check rule of consumer
 sessions, with ``ConsumerRules``, ``GuardedParser``), ``GuardedThriftServer`` (HiveServer2 whose
-OpenSession checks the client's settings and records the user's role), ``PasswordFileAuthenticator``
+OpenSession checks the client's settings and records the user's role; its logins go through
+``HeldSaslTransportFactory``, which a garbage collection cannot break), ``PasswordFileAuthenticator``
 / ``UsersFile`` (JDBC logins) and ``ConnectTokenInterceptor`` (the Connect token, checked by hash).
 :func:`guard_jar` compiles them with the JDK's ``javac`` against pyspark's own jars and packs them into
 ``<spark.ivy_cache>/local-jars/catalogfs-jdbc-guard-<pyspark version>-<sources hash>/catalogfs-jdbc-guard.jar``,

@@ -34,6 +34,9 @@ import org.apache.thrift.TException;
  * applies any of them, and the session is refused as a whole otherwise. An opened session's Spark
  * session gets the role of the authenticated user ({@link SessionRoles}).
  *
+ * <p>Its Thrift server keeps each login's SASL transport strongly referenced
+ * ({@link HeldSaslTransportFactory}): libthrift's own factory can lose it to a garbage collection.
+ *
  * <p>{@link #start} does what {@code HiveThriftServer2.startWithContext} does (Spark 4.2), with this
  * service in place of {@code ThriftBinaryCLIService}.
  */
@@ -119,6 +122,16 @@ public final class GuardedThriftServer extends HiveThriftServer2 {
         Service(CLIService cli, boolean authenticated) {
             super(cli);
             this.authenticated = authenticated;
+        }
+
+        /** Hive's server, with SASL transports that a garbage collection cannot lose mid-login
+         * ({@link HeldSaslTransportFactory}). */
+        @Override
+        protected void initializeServer() {
+            super.initializeServer();
+            if (server != null) {
+                HeldSaslTransportFactory.install(server);
+            }
         }
 
         @Override
