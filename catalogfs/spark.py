@@ -275,7 +275,11 @@ def _end_jvm_at_exit(proc: subprocess.Popen) -> None:
     too: a backup or the scheduler's next command sees the data root as the command left it."""
     if proc.poll() is not None:
         return
-    logging.disable(logging.INFO)  # py4j reports each connection the exiting JVM closes
+    # py4j reports each connection the exiting JVM closes (INFO), and a call that another thread
+    # (a daemon still polling Spark) makes meanwhile fails with an ERROR and its traceback: the
+    # command has finished, nothing it could say here is news
+    logging.disable(logging.ERROR)
+    _quiet_accumulator_server()
     try:
         if proc.stdin is not None:
             proc.stdin.close()  # pyspark's gateway server exits when its stdin closes
@@ -285,6 +289,18 @@ def _end_jvm_at_exit(proc: subprocess.Popen) -> None:
         proc.wait()
     except OSError:  # already gone
         pass
+
+
+def _quiet_accumulator_server() -> None:
+    """pyspark's accumulator server (a thread of this process) reads updates from the JVM; when the
+    JVM exits under a connected handler, socketserver prints the handler's EOFError with its
+    traceback. At exit nothing is left to update: its errors are not reported."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    server = getattr(context, "_accumulatorServer", None) if context is not None else None
+    if server is not None:
+        server.handle_error = lambda request, client_address: None
 
 
 def _new_jvm_log(logs_dir: Path) -> Path:

@@ -4,6 +4,13 @@
 # stage prints `stage NAME: passed|failed in N s`; the first failure stops the run and its exit status
 # is the run's. At the end, the 25 slowest tests of all the stages that ran, and the totals.
 #
+# The JVM and slow stages run their modules on TEST_WORKERS parallel pytest workers (pytest-xdist,
+# `--dist loadfile`: a module and its fixtures stay on one worker; each worker has its own Spark
+# session and data root). Default 2, the machine's cores: a test waits on its JVM, its jobs' processes
+# and the metastore about half the time, so two keep both cores busy. TEST_WORKERS=0 runs each stage
+# in one process. The fast stage stays in one process (its tests take a minute; workers would cost
+# more to start than they save).
+#
 # Arguments go to every pytest stage (e.g. `make test ARGS=-x`).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,18 +27,25 @@ stage() {  # stage NAME COMMAND…: run COMMAND, print its one line, return its 
   return "$status"
 }
 
-tests() {  # tests NAME MARKERS: one tier of the suite
-  local name="$1" markers="$2" status=0
-  "$py" -m pytest -m "$markers" --junitxml="$results/$name.xml" -o junit_family=xunit1 "${@:3}" || status=$?
+workers="${TEST_WORKERS:-2}"
+
+tests() {  # tests NAME MARKERS PARALLEL: one tier of the suite (PARALLEL: yes, on the workers)
+  local name="$1" markers="$2" parallel=() status=0
+  if [ "$3" = yes ] && [ "$workers" -gt 0 ]; then
+    parallel=(-n "$workers" --dist loadfile)
+  fi
+  "$py" -m pytest -m "$markers" "${parallel[@]}" --junitxml="$results/$name.xml" -o junit_family=xunit1 "${@:4}" \
+    || status=$?
   [ "$status" -eq 5 ] && status=0  # pytest: no test has these markers
   return "$status"
 }
 
 status=0
+bash scripts/ensure_tools.sh requirements-test.txt || exit $?
 stage lint bash scripts/lint.sh \
-  && stage fast tests fast "not spark and not slow" "$@" \
-  && stage jvm tests jvm "spark and not slow" "$@" \
-  && stage slow tests slow "slow" "$@" \
+  && stage fast tests fast "not spark and not slow" no "$@" \
+  && stage jvm tests jvm "spark and not slow" yes "$@" \
+  && stage slow tests slow "slow" yes "$@" \
   || status=$?
 "$py" scripts/slowest_tests.py --top 25 "$results"
 exit "$status"
