@@ -10,11 +10,11 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
-.PHONY: env demo test test-fast lint bench bench-engine bench-serve bench-scale bench-ann clean-data docs help
+.PHONY: env demo test test-fast lint bench bench-engine bench-serve bench-scale bench-ann chaos clean-data docs help
 
 help:
 	@echo "make demo   - run the whole pipeline on the sample videos and print a summary"
-	@echo "make test   - what CI runs, in stages that stop at the first failure: lint, the tests without a JVM, the JVM tests, the slow tier; then the 25 slowest tests"
+	@echo "make test   - what CI runs, in stages that stop at the first failure: lint, the tests without a JVM, the JVM tests, the slow tier (the last two on TEST_WORKERS=2 parallel workers); then the 25 slowest tests"
 	@echo "make test-fast - only the tests that need no JVM and are not slow (about a minute)"
 	@echo "make lint   - ruff, and mypy on the typed layers (pinned in requirements-lint.txt, installed into .venv)"
 	@echo "make env    - only provide .venv"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-scale - full, no-op and +10% embed runs at 1 000 and 10 000 videos, peak driver/worker memory (13 min here)"
 	@echo "make bench-ann - ANN index vs exact search at 1 M synthetic 1280-d vectors, then the real sample space through Spark: build, p50/p99, recall@10 (~12 min, ~13 GB RAM)"
 	@echo "make bench-engine - the inference engine alone: frames/s from JPEG vs model-only (CPU, quick)"
+	@echo "make chaos  - random-kill campaign over real jobs, each kill followed by a rerun and a check against a clean run (SEED=1 KILLS=10 SERVE_SHARE=0.3; evidence in bench/results/chaos/SEED)"
 	@echo "make clean-data - delete the local data root (tables, registry, samples)"
 	@echo "make docs   - regenerate docs/configuration.md from the config model's field descriptions"
 
@@ -56,6 +57,12 @@ bench-ann: env
 
 bench-engine: env
 	$(PYTHON) bench/engine_bench.py --device cpu --quick --json bench/results/engine_cpu_quick.json
+
+SEED ?= 1
+KILLS ?= 10
+SERVE_SHARE ?= 0.3
+chaos: env
+	$(PYTHON) scripts/chaos.py --seed $(SEED) --kills $(KILLS) --serve-share $(SERVE_SHARE) --out bench/results/chaos
 
 clean-data:
 	rm -rf data

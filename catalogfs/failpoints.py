@@ -17,6 +17,13 @@ table committed, the lineage row not yet written) and ``before_views`` (just bef
 space current).
 When ``CATALOGFS_FAILPOINT_LOG`` names a file, every failpoint that fires appends a line there
 first, so a test can prove the fault really happened.
+
+**Phases** (:func:`phase`): when ``CATALOGFS_PHASE_LOG`` names a file, a job appends
+``<time.time()> <pid> <name>`` there as it enters each phase of its work, so that a harness
+(``scripts/chaos.py``, ``make chaos``) can kill it at a random instant *within* a chosen phase
+instead of at a random wall-clock instant (which mostly lands in start-up). Off (the variable
+unset) it costs one environment lookup. The names are :data:`PHASES`; ``<table>`` is a published
+table's name.
 """
 
 from __future__ import annotations
@@ -30,7 +37,58 @@ ENV = "CATALOGFS_FAILPOINTS"
 LOG_ENV = "CATALOGFS_FAILPOINT_LOG"
 PGID_ENV = "CATALOGFS_FAILPOINT_PGID"
 
+PHASE_LOG_ENV = "CATALOGFS_PHASE_LOG"
+
+# Every phase a job announces, in the order a run passes them (one documented list).
+PHASES: dict[str, str] = {
+    "job.start": "arguments parsed and config loaded; the Spark session (or server connection) is next",
+    "job.run": "Spark is up: the job itself starts",
+    "job.report": "the job returned: its result is being printed",
+    "job.exit": "the command is about to return its exit code (its JVM shuts down after this)",
+    "staging.sweep": "a run removes the staging folders of dead runs (their owner lock is free)",
+    "extract.scan": "extract: listing the input and checking video ids against the frames table",
+    "extract.decode": "extract: decoding the videos into the run's staging folder",
+    "extract.merge": "extract: the MERGE of the staged frames into frames",
+    "staging.drop": "a run removes its own staging folder",
+    "embed.model": "embed: resolving the model in the registry",
+    "embed.plan": "embed: catalogue checked, lineage of killed runs repaired, the plan made",
+    "embed.stage": "embed: the embed UDF and the staged rows",
+    "embed.audit": "embed: the Great Expectations suites on the staged rows",
+    "embed.publish": "embed: the publish starts (one MERGE per table follows)",
+    "publish.merge.<table>": "embed or relabel: the MERGE into <table> (between two MERGEs is the next one's start)",
+    "lineage.record": "a feature_versions row is written (a run's own, or one recovered for a killed run)",
+    "embed.views": "embed: which space is current is settled (a promotion when due)",
+    "history.sync": "video_embeddings_history is extended from the change feed",
+    "embed.report": "embed: the run report and the MLflow run's metrics and tags",
+    "promote.alias": "spaces promote: the serving alias moves in the registry",
+    "promote.views": "spaces promote: the current_* views point at the space, then its lineage row",
+    "relabel.score": "relabel: the model resolved and the taxonomy's text embeddings made",
+    "relabel.stage": "relabel: the space's rows re-labelled into staging",
+    "relabel.audit": "relabel: the suites on the re-labelled rows",
+    "relabel.publish": "relabel: the publish starts (one MERGE per table follows)",
+    "index.plan": "index build: the source version and the previous index read",
+    "index.build": "index build: the new version made (full or incremental)",
+    "index.recall": "index build: recall checked against exact search",
+    "index.write": "index build: the version's files written",
+    "index.record": "index build: its vector_indexes row appended",
+    "index.current": "index build: CURRENT moved to the new version",
+    "maintain.history": "maintain: video_embeddings_history synced before VACUUM",
+    "maintain.vacuum": "maintain: VACUUM of every table",
+    "maintain.sweep": "maintain: staging folders of dead runs removed",
+    "maintain.prune": "maintain: old index versions removed",
+}
+
 _HOOKS: dict[str, Callable[[], None]] = {}
+
+
+def phase(name: str) -> None:
+    """Announce that this job enters phase ``name`` (one of :data:`PHASES`): a line in the file
+    ``CATALOGFS_PHASE_LOG`` names, if set (nothing otherwise)."""
+    path = os.environ.get(PHASE_LOG_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{time.time():.6f} {os.getpid()} {name}\n")
+            fh.flush()
 
 
 def register(point: str, hook: Callable[[], None] | None) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.statuses import INPUT_STATUSES
 from catalogfs.expectations.drift import label_shift, with_drift_cosine
@@ -42,6 +43,7 @@ class Audit:
 def audit_staged(spark: SparkSession, cfg: Config, space: EmbeddingSpace, plan: RunPlan, staged: Staged,
                  current: SpaceModel | None, *, report_dir: Path) -> Audit:
     """Run every suite on ``staged``; results and Data Docs go under ``report_dir``."""
+    failpoints.phase("embed.audit")
     params = suite_params(cfg, space, plan)
     candidates = staged.candidates  # the frame suite checks the run's new frames, not the whole state
     rejects, warnings = input_rejects(spark, plan, staged)

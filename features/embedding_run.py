@@ -32,7 +32,7 @@ from catalogfs.statuses import RunStatus
 from catalogfs.expectations.runner import ValidationOutcome
 from catalogfs.features import delta_writer
 from catalogfs.features.audit import Audit, audit_staged
-from catalogfs.features.history import sync_after_publish
+from catalogfs.features.history import history_behind, sync_after_publish
 from catalogfs.features.lineage import (Attempt, changed_outside_runs, history_too_long, last_checkpoint, recent_commits,
                               record_lineage, repair_lineage)
 from catalogfs.features.promotion import SpaceModel, current_space, promote, published_spaces, refresh_current_views, space_model
@@ -40,6 +40,7 @@ from catalogfs.features.publish import publish_staged
 from catalogfs.features.run_plan import PlanScope, RunPlan, SpaceTables, plan_run, plan_scope
 from catalogfs.features.spaces import EmbeddingSpace
 from catalogfs.features.staging import Staged, stage_run
+from catalogfs.features.staging_lock import claim_staging, sweep_dead_runs
 from catalogfs.features.tables import PUBLISHED_TABLES
 from catalogfs.features.taxonomies import active_taxonomy
 from catalogfs.udfs.flags import Taxonomy
@@ -123,12 +124,14 @@ def run_embedding(spark: SparkSession, cfg: Config, model: ResolvedModel, *, run
     if plan.nothing_to_do:
         log.info("every frame already has an embedding in space %s: nothing to compute", space.id)
         result.current_space = settle_current(spark, cfg.storage, space, current, serve=serve, run_id=run_id)
+        if cfg.publish.sync_history and history_behind(spark, cfg.storage, tables.versions.get("video_embeddings")):
+            result.warnings.extend(sync_after_publish(spark, cfg.storage))  # a dead run's publish, never synced
         result.table_versions = _versions(tables)
         clock.lap("plan")
         return clock.done()
     clock.lap("plan")
 
-    staging = cfg.storage.staging_dir / run_id
+    staging = claim_staging(cfg.storage.staging_dir, run_id)
     staged = stage_run(spark, cfg, model, space, plan, tables, flags, run_id=run_id, started=started, staging=staging,
                        taxonomy=taxonomy)
     result.take_stage(staged)
@@ -163,6 +166,8 @@ def prepare_run(spark: SparkSession, cfg: Config, space: EmbeddingSpace, result:
                 with_flags: bool, full_plan: bool = False) -> tuple[SpaceTables, RunPlan]:
     """The catalogue checked, the tables pinned, the plan made (its scope and the frames total
     recorded in ``result``) and what killed runs left repaired: everything before the model runs."""
+    sweep_dead_runs(cfg.storage.staging_dir)
+    failpoints.phase("embed.plan")
     delta_writer.ensure_catalog(spark, cfg.storage, log_retention_days=cfg.retention.log_retention_days)
     refresh_current_views(spark, cfg.storage)  # a data root from an older version: new tables and columns
     tables = SpaceTables.read(spark, cfg.storage, space, with_flags=with_flags)
@@ -214,6 +219,7 @@ def publish_audited(spark: SparkSession, cfg: Config, space: EmbeddingSpace, pla
                       failed_expectations=None if outcome.success else outcome.failures)
     if not outcome.success:
         return attempt
+    failpoints.phase("embed.publish")
     try:
         written = publish_staged(spark, cfg, space, staged, run_id=run_id, started=started,
                                  first_publish=plan.published_frames == 0, since=since)
@@ -253,6 +259,7 @@ def settle_current(spark: SparkSession, storage, space: EmbeddingSpace, current:
     promotion a crash cut off) or the current space is another version of the same model (the
     serving alias was moved by ``catalogfs models promote``). A space of another model is never
     made current here: that takes ``catalogfs spaces promote``."""
+    failpoints.phase("embed.views")
     if current is not None and (current.space == space.id or not serve or current.model_name != space.model_name):
         return current.space
     if not serve or space.id not in published_spaces(spark, storage):

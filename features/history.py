@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from catalogfs import failpoints
 from catalogfs.config import StorageConfig
 from catalogfs.errors import ChangeFeedError
 from catalogfs.features import change_feed, delta_writer
@@ -67,6 +68,7 @@ def sync_history(spark: SparkSession, storage: StorageConfig) -> HistorySync | N
     """Extend ``video_embeddings_history`` with the changes of ``video_embeddings`` since the last
     sync (see the module doc); idempotent: a second call with nothing new changes nothing. None
     when ``video_embeddings`` does not exist yet."""
+    failpoints.phase("history.sync")
     source, started = storage.qualified(VIDEO_EMBEDDINGS.name), time.monotonic()
     if not spark.catalog.tableExists(source):
         return None
@@ -146,6 +148,15 @@ def history_rows(events: DataFrame, history: DataFrame, *, recorded_from: str) -
               .withColumn("ended_version", F.col("first._commit_version")).drop("first"))
     columns = [f.name for f in VIDEO_EMBEDDINGS_HISTORY.schema.fields]
     return opened.select(*columns).unionByName(closed.select(*columns))
+
+
+def history_behind(spark: SparkSession, storage: StorageConfig, version: int | None) -> bool:
+    """Whether the history misses changes of ``video_embeddings`` up to ``version`` (its version
+    a run read): a run killed after its MERGEs, before or during its sync, leaves it so."""
+    if version is None or not spark.catalog.tableExists(storage.qualified(VIDEO_EMBEDDINGS_HISTORY.name)):
+        return version is not None and version > 0
+    synced = synced_version(spark, storage)
+    return synced is None or synced < version
 
 
 def sync_after_publish(spark: SparkSession, storage: StorageConfig) -> list[str]:

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.features import delta_writer, integrity
 from catalogfs.features.spaces import EmbeddingSpace
@@ -55,6 +56,7 @@ class Attempt:
 def record_lineage(spark: SparkSession, cfg: Config, space: EmbeddingSpace, attempt: Attempt, *,
                    started: datetime) -> None:
     """Write ``attempt``'s row to ``feature_versions`` (replacing a row a crash repair wrote for it)."""
+    failpoints.phase("lineage.record")
     row = {
         "run_id": attempt.run_id, "embedding_space": space.id, "model_name": space.model_name,
         "model_version": space.model_version, "model_uri": f"models:/{space.model_name}/{space.model_version}",

@@ -37,6 +37,7 @@ from pyspark.sql import functions as F
 
 from catalogfs.config import StorageConfig
 from catalogfs.spark import default_parallelism
+from catalogfs.features.staging_lock import owner_state
 from catalogfs.features.tables import ALL_TABLES
 
 log = logging.getLogger(__name__)
@@ -190,16 +191,21 @@ def apply_retention(spark: SparkSession, storage: StorageConfig, keep: int,
 def sweep_staging(staging_dir: Path, *, older_than_hours: float, now: float | None = None) -> list[str]:
     """Delete staging folders of runs that died (SIGKILL, lost machine) and left their candidates.
 
-    A run removes its own staging folder when it ends; folders not modified for
-    ``older_than_hours`` belong to runs that are gone. Returns the run ids removed.
+    A run removes its own staging folder when it ends, and holds the folder's owner lock while it
+    lives (:mod:`features.staging_lock`): a folder whose lock is free is removed whatever its age,
+    one whose lock is held never is. A folder without a lock file (an older version's) is removed
+    when nothing in it was modified for ``older_than_hours``. Returns the run ids removed.
     """
     if not staging_dir.is_dir():
         return []
     cutoff = (time.time() if now is None else now) - older_than_hours * 3600
     removed = []
-    for run_dir in sorted(staging_dir.iterdir()):
+    for run_dir in sorted(p for p in staging_dir.iterdir() if p.is_dir()):
+        owner = owner_state(run_dir)
+        if owner == "alive":
+            continue
         newest = max((f.stat().st_mtime for f in run_dir.rglob("*")), default=run_dir.stat().st_mtime)
-        if run_dir.is_dir() and max(newest, run_dir.stat().st_mtime) < cutoff:
+        if owner == "dead" or max(newest, run_dir.stat().st_mtime) < cutoff:
             shutil.rmtree(run_dir, ignore_errors=True)
             removed.append(run_dir.name)
     if removed:

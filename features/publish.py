@@ -111,6 +111,7 @@ def publish_candidates(spark: SparkSession, cfg: Config, space: EmbeddingSpace, 
         for table, source, condition in merges:
             if table.name in written:  # committed by an earlier attempt of this run
                 continue
+            failpoints.phase(f"publish.merge.{table.name}")
             if table.name not in since:
                 since[table.name] = delta_writer.table_version(spark, storage, table.name)
             with delta_writer.idempotent(spark, transaction_app_id(space, table.name, run_id), txn_version):

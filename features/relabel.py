@@ -36,6 +36,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.errors import InputError, ValidationFailed
 from catalogfs.statuses import RunStatus
@@ -49,6 +50,7 @@ from catalogfs.features.publish import publish_with_retries
 from catalogfs.features.run_plan import RunPlan, SpaceTables
 from catalogfs.features.spaces import EmbeddingSpace
 from catalogfs.features.staging import stage_rows
+from catalogfs.features.staging_lock import claim_staging, sweep_dead_runs
 from catalogfs.features.tables import FRAME_EMBEDDINGS, VIDEO_LABELS, run_tables
 from catalogfs.features.taxonomies import check_taxonomy, record_taxonomy, relabelled_frames
 from catalogfs.udfs.flags import load_taxonomy
@@ -94,6 +96,8 @@ def relabel_space(spark: SparkSession, cfg: Config, space: str | None, taxonomy_
     validate, publish nothing and write no lineage row. Raises :class:`ValidationFailed` (exit 3)
     after recording a ``rejected`` lineage row when a suite fails: nothing is published then."""
     t0, started = time.monotonic(), datetime.now(timezone.utc)
+    sweep_dead_runs(cfg.storage.staging_dir)
+    failpoints.phase("relabel.score")
     taxonomy = load_taxonomy(Path(taxonomy_path))  # FlagsError: exit 2
     delta_writer.ensure_catalog(spark, cfg.storage, log_retention_days=cfg.retention.log_retention_days)
     model = space_registered_model(spark, cfg, space, client=client)
@@ -104,7 +108,7 @@ def relabel_space(spark: SparkSession, cfg: Config, space: str | None, taxonomy_
     tables = SpaceTables.read(spark, cfg.storage, target, with_flags=True)
     result = RelabelResult(run_id=run_id, space=target, dry_run=dry_run, previous_taxonomies=sorted(
         r["taxonomy_version"] for r in tables.video_labels.select("taxonomy_version").distinct().collect()))
-    staging = cfg.storage.staging_dir / run_id
+    staging = claim_staging(cfg.storage.staging_dir, run_id)
     staged = stage_relabel(tables, scorer, target, cfg, run_id=run_id, started=started, staging=staging)
     if staged.frames_relabelled == 0:
         delta_writer.drop_staging(staging)
@@ -150,6 +154,7 @@ def space_registered_model(spark: SparkSession, cfg: Config, space: str | None, 
 def stage_relabel(tables: SpaceTables, scorer: ZeroShotScorer, space: EmbeddingSpace, cfg: Config, *,
                   run_id: str, started: datetime, staging: Path) -> RelabelStaged:
     """Stage the space's relabelled frame rows, then its video labels and flags from them."""
+    failpoints.phase("relabel.stage")
     frames = delta_writer.write_staging(relabelled_frames(tables.frame_embeddings, scorer, run_id=run_id),
                                         staging / FRAME_EMBEDDINGS.name)
     rows = stage_rows(frames, run_tables(relabel=True), PoolParams(cfg.labels.top_k_per_video, scorer.flags),
@@ -174,6 +179,7 @@ def videos_with_new_labels(published: DataFrame, staged: DataFrame) -> int:
 def audit_relabel(cfg: Config, space: EmbeddingSpace, staged: RelabelStaged, *, report_dir: Path) -> ValidationOutcome:
     """The run's suites on the relabelled rows: every frame row of the space (one row out per row
     in: vectors, scores in [0, 1], statuses), the video labels and the video flags."""
+    failpoints.phase("relabel.audit")
     params = suite_params(cfg, space, RunPlan(frames_to_embed=staged.frames_total, orphan_videos=[], stale_videos=[]))
     return validate_candidates(table_checks(staged.rows, params), report_dir,
                                driver_max_rows=cfg.validation.driver_max_rows)
@@ -192,6 +198,7 @@ def publish_relabel(spark: SparkSession, cfg: Config, space: EmbeddingSpace, sta
                            f"{staged.frames_relabelled} frames, {len(staged.video_ids)} videos, 0 image forward passes")
     if not outcome.success:
         return attempt
+    failpoints.phase("relabel.publish")
     written = publish_with_retries(spark, cfg, space, staged.rows, staged.video_ids, run_id=result.run_id,
                                    txn_version=int(started.timestamp() * 1000), register=True, since=since)
     result.published, result.table_versions = True, dict(written)

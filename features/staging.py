@@ -19,6 +19,7 @@ from typing import Mapping
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.progress import Progress
 from catalogfs.spark import default_parallelism, is_connect
@@ -145,6 +146,7 @@ def stage_run(spark: SparkSession, cfg: Config, model: ResolvedModel, space: Emb
     (empty: the model has no flags, no video_flags rows). ``taxonomy``: the space's active
     taxonomy when it is not the registered one (a relabelled CLIP-like space): the new frames'
     labels and flags are scored with it from their vectors (:mod:`features.taxonomies`)."""
+    failpoints.phase("embed.stage")
     candidates, stats, embedded = _embed(spark, cfg, model, space, plan, run_id=run_id, started=started,
                                          staging=staging)
     if taxonomy is not None and stats.frames_embedded:

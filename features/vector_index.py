@@ -36,6 +36,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.errors import ChangeFeedError, VectorIndexError
 from catalogfs.statuses import Status
@@ -287,6 +288,7 @@ def build_index(spark: SparkSession, cfg: Config, *, space: str | None = None, l
     """Build the next index version of ``space`` (default: the current space) at ``level``,
     validate it and make it current if it passes. See the module docstring."""
     started, clock = datetime.now(timezone.utc), time.perf_counter()
+    failpoints.phase("index.plan")
     space = _resolve_space(spark, cfg, space)
     folder_of = ann.level_dir(cfg.storage.indexes_dir, space, level)
     table = SOURCES[level].name
@@ -305,16 +307,21 @@ def build_index(spark: SparkSession, cfg: Config, *, space: str | None = None, l
     mode, reason = _mode(cfg, previous, full, kind)
     index_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     folder = folder_of / index_id
+    failpoints.phase("index.build")
     index, key_rows, manifest, mode, reason = _make(spark, cfg, vectors, folder, mode, reason, previous, space=space,
                                                     level=level, version=version, n=n, dim=dim, index_id=index_id)
+    failpoints.phase("index.recall")
     nprobe, recall, tried, outcome = check_recall(spark, cfg, index, vectors, folder / "validation", dim=dim)
     manifest = replace(manifest, nprobe=nprobe, recall_at_k=recall)
+    failpoints.phase("index.write")
     _write_version(index, key_rows, folder, manifest)
     status = "validated" if outcome.success else "rejected"
     build = IndexBuild(manifest, status, mode, reason, str(folder), tuple(tried),
                        tuple(outcome.failures), time.perf_counter() - clock)
+    failpoints.phase("index.record")
     record_build(spark, cfg, build, previous, started, outcome.reports.get("vector_index"))
     if outcome.success:
+        failpoints.phase("index.current")
         _make_current(cfg, manifest)
     return build
 

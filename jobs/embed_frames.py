@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.jobs.run_report import write_run_report
 from catalogfs.errors import ConfigError, InputError, ValidationFailed
@@ -49,6 +50,7 @@ def run(spark, cfg: Config, *, model: str | None = None, full_plan: bool = False
         raise InputError(f"table {cfg.storage.qualified(FRAMES.name)} does not exist: "
                          f"run `catalogfs extract-frames` first")
     with job_run(cfg, "embed_frames") as run_info:
+        failpoints.phase("embed.model")
         client = MlflowClient()
         if not model and cfg.model.register_default:  # the bundled default, only under the configured name
             ensure_default_model(client, cfg.model.name, cfg.model.alias,
@@ -64,6 +66,7 @@ def run(spark, cfg: Config, *, model: str | None = None, full_plan: bool = False
             mlflow.set_tag("validation", "failed")
             mlflow.log_artifacts(exc.report_dir, artifact_path="validation")
             raise
+        failpoints.phase("embed.report")
         result.report_html = str(write_run_report(spark, cfg, result))
         mlflow.log_artifacts(str(Path(result.report_html).parent), artifact_path="report")
         mlflow.set_tag("embedding_space", result.space.id)

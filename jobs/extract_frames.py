@@ -15,12 +15,14 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.errors import ConfigError, InputError
 from catalogfs.jobs.job_main import run_main
 from catalogfs.tracking import job_run
 from catalogfs.features import delta_writer
 from catalogfs.features.frames import FramesPublish, SourceConflict, frames_dataframe, publish_frames, source_conflicts
+from catalogfs.features.staging_lock import claim_staging, sweep_dead_runs
 from catalogfs.features.tables import FRAMES
 from catalogfs.features.video_frames import ExtractOptions, SkippedFiles, VideoListing, read_manifest, scan_videos
 
@@ -86,6 +88,7 @@ def run(spark, cfg: Config, *, input: str | None = None, manifest: str | None = 
     ``manifest``, into ``frames``; ``replace``: accept new files for ids the table already has."""
     import mlflow
 
+    failpoints.phase("extract.scan")
     source, listing = _inputs(cfg, input, manifest)
     videos, skipped = list(listing.videos), listing.skipped
     if skipped.count:
@@ -103,8 +106,11 @@ def run(spark, cfg: Config, *, input: str | None = None, manifest: str | None = 
     with job_run(cfg, "extract_frames") as run_info:
         run_id = run_info.info.run_id
         log.info("extracting frames from %d videos at %s frame/s", len(videos), options.sample_fps)
-        staging = cfg.storage.staging_dir / run_id / FRAMES.name
+        sweep_dead_runs(cfg.storage.staging_dir)
+        staging = claim_staging(cfg.storage.staging_dir, run_id) / FRAMES.name
+        failpoints.phase("extract.decode")
         staged = delta_writer.write_staging(frames_dataframe(spark, videos, options), staging)
+        failpoints.phase("extract.merge")
         published = publish_frames(spark, cfg.storage, staged, [v for v, _ in videos], run_id=run_id)
         delta_writer.drop_staging(staging.parent)
         mlflow.log_metrics({"videos": published.videos, "frames_ok": published.frames,

@@ -22,6 +22,7 @@ import sys
 import traceback
 from typing import Any, Callable, Sequence
 
+from catalogfs import failpoints
 from catalogfs.config import Config, load_config
 from catalogfs.errors import (
     EXIT_CONFIG, EXIT_ERROR, EXIT_INPUT, EXIT_OK, CatalogfsError, ConfigError,
@@ -100,6 +101,7 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
         return EXIT_OK
     from catalogfs.spark import build_spark, jvm_log_path
 
+    failpoints.phase("job.start")
     earlier_jvm_log = jvm_log_path()
     with private_umask():  # everything the job, its JVM and its workers create: 0600 / 0700
         code = _run_job(job, args, cfg, build_spark, report, configure, fail, secrets)
@@ -108,6 +110,7 @@ def run_main(job: Callable[[Any, Config], Any], argv: Sequence[str] | None, *, p
     # already running in this process, e.g. a test session's, belongs to whoever started it.)
     if code != EXIT_OK and jvm_log is not None and jvm_log != earlier_jvm_log:
         print(f"JVM log: {jvm_log}", file=sys.stderr)
+    failpoints.phase("job.exit")
     return code
 
 
@@ -120,7 +123,9 @@ def _run_job(job, args, cfg: Config, build_spark, report, configure, fail: Calla
         ensure_private_dir(cfg.storage.data_root)
         spark = build_spark(cfg)
         try:
+            failpoints.phase("job.run")
             result = job(spark, cfg, **_job_kwargs(args, configure))
+            failpoints.phase("job.report")
             if report is not None:
                 report(result, cfg)
         finally:

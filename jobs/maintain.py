@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.jobs.job_main import run_main
 from catalogfs.features.ann import prune_versions
@@ -33,9 +34,13 @@ class MaintainResult:
 
 
 def run(spark, cfg: Config, *, keep_versions: int | None = None, staging_hours: float = 24.0) -> MaintainResult:
+    failpoints.phase("maintain.history")
     sync_history(spark, cfg.storage)  # before VACUUM removes change data the history has not recorded
+    failpoints.phase("maintain.vacuum")
     results = apply_retention(spark, cfg.storage, keep_versions or cfg.retention.keep_versions)
+    failpoints.phase("maintain.sweep")
     swept = sweep_staging(cfg.storage.staging_dir, older_than_hours=staging_hours)
+    failpoints.phase("maintain.prune")
     pruned = prune_versions(cfg.storage.indexes_dir, keep=cfg.index.keep_versions)
     return MaintainResult(results, swept, [str(p.relative_to(cfg.storage.indexes_dir)) for p in pruned])
 

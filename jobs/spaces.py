@@ -22,6 +22,7 @@ import sys
 import uuid
 from typing import Sequence
 
+from catalogfs import failpoints
 from catalogfs.config import Config
 from catalogfs.errors import InputError, PromotionError
 from catalogfs.jobs.job_main import run_main
@@ -49,7 +50,9 @@ def serve_space(spark, cfg: Config, space_id: str, *, run_id: str, note: str = "
             f"{owner.model_name} in the config the scheduled job uses (or --set model.name={owner.model_name}), "
             f"then promote again")
     configure_mlflow(cfg)
+    failpoints.phase("promote.alias")
     set_alias(MlflowClient(), owner.model_name, cfg.model.alias, owner.model_version)
+    failpoints.phase("promote.views")
     return promotion.promote(spark, cfg.storage, space_id, run_id=run_id, note=note)
 
 

@@ -286,3 +286,40 @@ def test_changes_the_feed_did_not_record_are_taken_from_the_snapshot(spark, time
     assert [r for r in rows if r.valid_to is None] == [r for r in rows if r.embedding_space == timeline.space_a
                                                       and r.ended_version is None]
     assert not sync_history(spark, cfg.storage).written  # the feed covers what comes after
+
+
+class _Died(BaseException):
+    """Stands for a SIGKILL at a failpoint (not an Exception: nothing in the job catches it)."""
+
+
+def test_a_run_that_died_before_its_history_sync_is_caught_up_by_the_rerun(spark, cfg, tmp_path):
+    """Found by ``make chaos`` (seed 9): a run killed after its MERGEs, before its lineage row and
+    its history sync, left ``video_embeddings_history`` behind, and the rerun — nothing left to
+    embed, it only recorded the dead run's lineage — never synced it."""
+    from catalogfs import failpoints
+
+    cfg = with_database(cfg, "history_catchup_features")
+    cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"sync_history": True})})
+    videos = tmp_path / "videos"
+    make_sample_videos(videos, seconds=1.0, fps=2, width=96, height=64,
+                       photos=tuple(p for p in SAMPLE_PHOTOS if p.video_id == "coffee_cup"))
+    extract_frames.run(spark, cfg, input=str(videos))
+
+    def die():
+        raise _Died()
+
+    failpoints.register("before_lineage", die)
+    try:
+        with pytest.raises(_Died):
+            embed_frames.run(spark, cfg)
+    finally:
+        failpoints.register("before_lineage", None)
+    rerun = embed_frames.run(spark, cfg)
+    assert rerun.frames_embedded == 0 and rerun.recovered_runs  # it only repaired the dead run's lineage
+
+    published = {r.video_id: np.asarray(r.embedding, dtype=np.float32)
+                 for r in spark.table(cfg.storage.qualified("video_embeddings")).collect()}
+    history = spark.table(cfg.storage.qualified(HISTORY)).where("ended_version IS NULL").collect()
+    assert sorted(r.video_id for r in history) == sorted(published) == ["coffee_cup"]
+    for r in history:
+        np.testing.assert_array_equal(np.asarray(r.embedding, dtype=np.float32), published[r.video_id])
