@@ -26,6 +26,7 @@ the Python workers it forks all write there; conf/log4j2.properties sets the lev
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime
 import atexit
 import logging
@@ -34,11 +35,12 @@ from pathlib import Path
 import re
 import subprocess
 import sys
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from pyspark.sql import SparkSession
 
 from catalogfs.catalog_lock import ensure_catalog_free, find_server
+from catalogfs.class_archive import LaunchPlan, finish_launch, plan_launch
 from catalogfs.config import Config
 from catalogfs.packaged import log4j_config
 from catalogfs.errors import ServerUnavailable
@@ -156,7 +158,7 @@ def build_spark(cfg: Config) -> SparkSession:
         settings.update(delta_jar_settings(cfg.spark.ivy_cache, cfg.spark.settings))
         if delta_packages() in settings["spark.jars.packages"]:
             _explain_fallback(cfg)
-        _launch_jvm(settings, cfg.storage)
+        _launch_jvm(settings, cfg)
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -183,7 +185,7 @@ def catalogue_jvm(cfg: Config):
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     (cfg.storage.data_root / "derby").mkdir(parents=True, exist_ok=True)
     settings = {"spark.app.name": cfg.spark.app_name, **session_settings(cfg), "spark.master": cfg.spark.master}
-    _launch_jvm(settings, cfg.storage)
+    _launch_jvm(settings, cfg)
     gateway = SparkContext._gateway
     if gateway is None:
         raise RuntimeError("the Spark JVM did not start (no Py4J gateway)")
@@ -240,27 +242,35 @@ def _explain_fallback(cfg: Config) -> None:
              "(or %s -m catalogfs.spark)", delta_packages(), jars_dir(cfg.spark.ivy_cache), sys.executable)
 
 
-def _launch_jvm(settings: dict[str, str], storage) -> None:
+def _launch_jvm(settings: dict[str, str], cfg: Config) -> None:
     """Start this process's JVM (pyspark's launcher, i.e. spark-submit with ``settings`` as --conf)
     with its stdout and stderr going to a new log file under ``logs_dir``. Does nothing when the
     JVM is already running (a second session in the same process keeps the first one's JVM).
     Raises :class:`CatalogBusy` first when another process has the data root's catalogue open."""
     global _jvm_log
     from pyspark import SparkConf, SparkContext
+    from pyspark.find_spark_home import _find_spark_home
     from pyspark.java_gateway import launch_gateway
 
     if SparkContext._gateway is not None:
         return
+    storage = cfg.storage
     ensure_catalog_free(storage.data_root, storage.metastore_dir)
+    plan = LaunchPlan()
+    if cfg.spark.class_archive:
+        plan = plan_launch(cfg.spark.ivy_cache, Path(_find_spark_home()), settings.get("spark.driver.extraClassPath", ""))
+    if plan.java_options:
+        settings = {**settings, "spark.driver.extraJavaOptions": " ".join(
+            filter(None, [settings.get("spark.driver.extraJavaOptions", ""), *plan.java_options]))}
     conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
     # the log, and every table file, the metastore and staging that the JVM and the Python workers
     # it forks create: private to this user (umask 077, whatever this process's own: a server, a test)
-    with private_umask():
+    with private_umask(), _environment(plan.env):
         _jvm_log = _new_jvm_log(storage.data_root / "logs")
         with open(_jvm_log, "ab") as out:  # the JVM keeps its own copy of the descriptor
             gateway = launch_gateway(conf, popen_kwargs={"stdout": out, "stderr": subprocess.STDOUT})
     if gateway.proc is not None:
-        atexit.register(_end_jvm_at_exit, gateway.proc)
+        atexit.register(_end_jvm_at_exit, gateway.proc, plan)
     # What SparkContext(gateway=...) does: the builder below then uses this JVM instead of starting one.
     SparkContext._ensure_initialized(gateway=gateway)
 
@@ -268,12 +278,29 @@ def _launch_jvm(settings: dict[str, str], storage) -> None:
 JVM_EXIT_WAIT_SECONDS = 60.0
 
 
-def _end_jvm_at_exit(proc: subprocess.Popen) -> None:
+@contextmanager
+def _environment(overrides: Mapping[str, str]) -> Iterator[None]:
+    """Inside: ``os.environ`` with ``overrides`` (what pyspark's launcher passes to spark-submit)."""
+    previous = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _end_jvm_at_exit(proc: subprocess.Popen, plan: LaunchPlan | None = None) -> None:
     """At interpreter exit: end this process's JVM and wait for it. pyspark leaves the JVM to notice
     its closed stdin and shut down after the Python process is gone, still writing its log and
     holding the metastore; waiting here means that when a command's process exits, its JVM has
     too: a backup or the scheduler's next command sees the data root as the command left it."""
     if proc.poll() is not None:
+        if plan is not None:
+            finish_launch(plan, exited_cleanly=False)
         return
     # py4j reports each connection the exiting JVM closes (INFO), and a call that another thread
     # (a daemon still polling Spark) makes meanwhile fails with an ERROR and its traceback: the
@@ -289,6 +316,8 @@ def _end_jvm_at_exit(proc: subprocess.Popen) -> None:
         proc.wait()
     except OSError:  # already gone
         pass
+    if plan is not None:
+        finish_launch(plan, exited_cleanly=proc.returncode == 0)
 
 
 def _quiet_accumulator_server() -> None:
@@ -354,7 +383,32 @@ def set_up(cfg: Config) -> Path:
     except JarResolutionError as exc:
         print(f"catalogfs: warning: {exc}; Spark sessions will resolve the Delta jars at every start",
               file=sys.stderr)
-    return write_spark_defaults(cfg)
+    defaults = write_spark_defaults(cfg)
+    if cfg.spark.class_archive:
+        _write_class_archive(cfg)
+    return defaults
+
+
+def _write_class_archive(cfg: Config) -> None:
+    """Write this JDK and Spark installation's class archive when it has none (a warm-up run in its
+    own process, :mod:`catalogfs.jvm_warmup`); a failure is a warning: commands then write it."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    from catalogfs.class_archive import current_archive
+
+    spark_home = Path(_find_spark_home())
+    if current_archive(cfg.spark.ivy_cache, spark_home) is not None:
+        return
+    started = datetime.now()
+    done = subprocess.run([sys.executable, "-m", "catalogfs.jvm_warmup"], capture_output=True, text=True)
+    archive = current_archive(cfg.spark.ivy_cache, spark_home)
+    if done.returncode != 0 or archive is None:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"catalogfs: warning: the JVM class archive was not written ({tail}); the first command "
+              "writes it", file=sys.stderr)
+        return
+    print(f"catalogfs: wrote the JVM class archive {archive} ({archive.stat().st_size >> 20} MB) in "
+          f"{(datetime.now() - started).total_seconds():.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

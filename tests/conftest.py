@@ -116,7 +116,7 @@ SLOW_TESTS = frozenset({  # <module>::<test function>
 # that came last would run alone at the end while the other worker idles. Within a module, and for
 # the modules not named here, the order stays as written.
 LONGEST_FIRST = (
-    "test_chaos.py",  # ~600-800: a reference run, two kills and reruns (one test: it cannot be split)
+    "test_chaos.py",  # a reference run, a kill and its rerun (one test: it cannot be split)
     "test_crash_safety.py",  # ~480
     "test_shared_catalog.py",  # ~370
     "test_bench.py",  # ~250

@@ -90,21 +90,21 @@ def test_every_phase_a_job_announces_is_documented():
 
 
 @pytest.mark.spark
-@pytest.mark.slow  # real commands, each with its own JVM: a reference run, two kills and reruns
-def test_a_small_campaign_of_kills_within_an_embed_run_ends_like_a_clean_run(tmp_path):
-    """Seed 9 draws two kills within the embed run's publish windows — between its first and second
-    MERGE, and just after its last MERGE (before the lineage row): each rerun ends with the clean
-    run's tables, lineage, views, and no staging left. Five JVM starts and the views query of each:
-    a 2-kill campaign took 18.5 minutes here with the 2-core machine at load 10 (not timed idle)."""
+@pytest.mark.slow  # real commands, each with its own JVM: a reference run, a kill and its rerun
+def test_a_kill_between_the_last_merge_and_the_lineage_row_ends_like_a_clean_run(tmp_path):
+    """Seed 9 draws one kill within the embed run's publish windows: just after its last MERGE,
+    before the lineage row (the window where a killed run once left video_embeddings_history
+    behind): the rerun ends with the clean run's tables, lineage, history, views, and no staging
+    left. `make chaos` draws among all the windows; tests/test_crash_safety.py kills at fixed ones."""
     out = tmp_path / "chaos"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), "--scenario", "short", "--steps", "embed",
-                           "--kills", "2", "--seed", "9", "--serve-share", "0", "--out", str(out),
+                           "--kills", "1", "--seed", "9", "--serve-share", "0", "--out", str(out),
                            "--phases", "publish.merge.*,lineage.record,history.sync,embed.views"],
                           cwd=ROOT, capture_output=True, text=True, timeout=1500)
     summary = json.loads((out / "9" / "summary.json").read_text())
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert summary["passed"] == 2 and summary["failed"] == 0
-    assert [t["trial"]["phase"] for t in summary["trials"]] == ["lineage.record", "publish.merge.video_embeddings"]
+    assert summary["passed"] == 1 and summary["failed"] == 0
+    assert [t["trial"]["phase"] for t in summary["trials"]] == ["lineage.record"]
     for trial in summary["trials"]:
         assert trial["kill"]["killed"], trial  # the kill landed while the command ran
         assert trial["rerun_exit"] == 0 and not trial["problems"], trial
