@@ -219,7 +219,7 @@ def _clean(folder: Path, keep: str) -> None:
 def finish_launch(plan: LaunchPlan, exited_cleanly: bool) -> None:
     """After the JVM of ``plan`` exited: put the archive it wrote in place (only after a clean
     exit: a killed JVM's file may be partial) and give up the claim."""
-    if plan.dump is None:
+    if plan.dump is None or plan.archive is None:
         return
     try:
         if exited_cleanly and _private(plan.dump, regular=True) and plan.dump.stat().st_size > 0:

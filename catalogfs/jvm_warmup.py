@@ -42,7 +42,7 @@ def run_workload(data_root: Path) -> None:
     for statement in WORKLOAD:
         spark.sql(statement).collect()
 
-    @pandas_udf("double")
+    @pandas_udf("double")  # type: ignore[call-overload]
     def total(vectors: pd.Series) -> pd.Series:
         return vectors.map(lambda vector: float(sum(vector)))  # (hints evaluated: no __future__ annotations here)
 

@@ -216,9 +216,11 @@ def _expected(served: Served, space: str) -> dict[str, list[str]]:
 
 
 def test_readers_see_whole_snapshots_while_jobs_publish_and_promote(served, default_bundle):
-    """Two JDBC and two Spark Connect readers query the current_* views in a loop while one job
+    """A JDBC and a Spark Connect reader query the current_* views in a loop while one job
     publishes a new space (which is then promoted) and another extracts new videos: no read fails
-    and every read returns exactly the rows of one space (the one before or the one after)."""
+    and every read returns exactly the rows of one space (the one before or the one after). (One
+    reader of each kind: with two of each, the 2-core machine spent most of the test starting
+    beeline JVMs.)"""
     first = served.rows(f"SELECT DISTINCT embedding_space FROM {DB}.current_video_labels")
     assert len(first) == 1, "the first test publishes the first space"
     space_a = first[0]["embedding_space"]
@@ -230,12 +232,11 @@ def test_readers_see_whole_snapshots_while_jobs_publish_and_promote(served, defa
 
     record = read_record(served.root)
     stop_file, stop = served.base / "readers.stop", threading.Event()
-    connect_outputs = [served.base / f"connect-{i}.jsonl" for i in range(2)]
+    connect_outputs = [served.base / "connect.jsonl"]
     connect = [subprocess.Popen([sys.executable, "-c", CONNECT_READER, record.connect_url, str(stop_file), str(out),
                                  json.dumps(READS)], env=server_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for out in connect_outputs]
-    jdbc = [_JdbcReader(record.jdbc_url, served.base / f"jdbc-{i}", stop, default_reader(served.root))
-            for i in range(2)]
+    jdbc = [_JdbcReader(record.jdbc_url, served.base / "jdbc", stop, default_reader(served.root))]
     try:
         for reader in jdbc:
             reader.start()
@@ -269,8 +270,8 @@ def test_readers_see_whole_snapshots_while_jobs_publish_and_promote(served, defa
     frames = {r["video_id"] for r in served.rows(f"SELECT DISTINCT video_id FROM {DB}.frames")}
     assert frames == {"cat_chelsea", "coffee_cup", "astronaut"}  # the concurrent extract published
     readers = [("connect", _connect_reads(o)) for o in connect_outputs] + [("jdbc", r.reads) for r in jdbc]
-    assert [proc.returncode for proc in connect] == [0, 0], [proc.stderr.read()[-2000:] for proc in connect]
-    assert [r.errors for r in jdbc] == [[], []]
+    assert [proc.returncode for proc in connect] == [0], [proc.stderr.read()[-2000:] for proc in connect]
+    assert [r.errors for r in jdbc] == [[]]
     for kind, reads in readers:
         assert [r for r in reads if "error" in r] == [], kind
         for header in READS:  # per view: the old space's rows, then the new space's, each whole
