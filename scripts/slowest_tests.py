@@ -1,6 +1,6 @@
 """The slowest tests of a `make test` run and its totals, from the JUnit XML files of its stages.
 
-    python scripts/slowest_tests.py [--top 25] RESULTS_DIR
+    python scripts/slowest_tests.py [--top 25] [--modules 12] RESULTS_DIR
 
 RESULTS_DIR holds one ``<stage>.xml`` per pytest stage (pytest ``--junitxml``, family xunit1). A test's
 time is its setup, call and teardown together.
@@ -65,12 +65,28 @@ def report(times: list[TestTime], top: int) -> str:
     return "\n".join(lines)
 
 
+def module_report(times: list[TestTime], top: int) -> str:
+    """The ``top`` modules whose tests took longest in all (what tests/conftest.py's LONGEST_FIRST
+    orders, so that the parallel stages do not end on one long module)."""
+    totals: dict[tuple[str, str], float] = {}
+    for t in times:
+        key = (t.stage, t.test.split("::")[0])
+        totals[key] = totals.get(key, 0.0) + t.seconds
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:top]
+    return "\n".join([f"{len(ranked)} slowest modules (their tests together):"]
+                     + [f"{seconds:9.1f} s  {stage:<5} {module}" for (stage, module), seconds in ranked])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="folder of the stages' JUnit XML files")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--modules", type=int, default=12, help="also the slowest modules (0: not)")
     args = parser.parse_args(argv)
-    print(report(read_stages(args.results), args.top))
+    times = read_stages(args.results)
+    if args.modules and times:
+        print(module_report(times, args.modules))
+    print(report(times, args.top))
     return 0
 
 

@@ -6,18 +6,26 @@
 #
 # The JVM and slow stages run their modules on TEST_WORKERS parallel pytest workers (pytest-xdist,
 # `--dist loadfile`: a module and its fixtures stay on one worker; each worker has its own Spark
-# session and data root). Default 2, the machine's cores: a test waits on its JVM, its jobs' processes
-# and the metastore about half the time, so two keep both cores busy. TEST_WORKERS=0 runs each stage
+# session and data root). Default 2, the machine's cores. The suite is CPU-bound: one worker alone
+# keeps about 1.5 cores busy (its JVM's JIT compilers run beside the work: C2 took 30% of the CPU of a
+# JVM module here), so a second worker gains far less than half. TEST_WORKERS=0 runs each stage
 # in one process. The fast stage stays in one process (its tests take a minute; workers would cost
 # more to start than they save).
 #
-# Arguments go to every pytest stage (e.g. `make test ARGS=-x`).
+# Arguments go to every pytest stage (e.g. `make test ARGS=-x`). TEST_RESULTS=DIR keeps the stages' JUnit
+# XML files there (scripts/slowest_tests.py reads them: the slowest tests and modules).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 py="$root/.venv/bin/python"
-results="$(mktemp -d)"  # one JUnit XML per pytest stage, for the slowest tests across stages
-trap 'rm -rf "$results"' EXIT
+# one JUnit XML per pytest stage, for the slowest tests across stages; kept in TEST_RESULTS when set
+if [ -n "${TEST_RESULTS:-}" ]; then
+  results="$TEST_RESULTS"
+  mkdir -p "$results"
+else
+  results="$(mktemp -d)"
+  trap 'rm -rf "$results"' EXIT
+fi
 
 stage() {  # stage NAME COMMAND…: run COMMAND, print its one line, return its status
   local name="$1" start=$SECONDS status=0
@@ -32,7 +40,10 @@ workers="${TEST_WORKERS:-2}"
 tests() {  # tests NAME MARKERS PARALLEL: one tier of the suite (PARALLEL: yes, on the workers)
   local name="$1" markers="$2" parallel=() status=0
   if [ "$3" = yes ] && [ "$workers" -gt 0 ]; then
-    parallel=(-n "$workers" --dist loadfile)
+    # --no-loadscope-reorder: xdist would hand out modules by their number of tests, most first,
+    # and the longest modules (one long test each) would start last; tests/conftest.py's
+    # LONGEST_FIRST order is kept instead
+    parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
   fi
   "$py" -m pytest -m "$markers" "${parallel[@]}" --junitxml="$results/$name.xml" -o junit_family=xunit1 "${@:4}" \
     || status=$?

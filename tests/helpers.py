@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 from pathlib import Path
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 
 from catalogfs.config import Config
@@ -76,23 +80,51 @@ def stop_process_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+_beeline_archive: list[str] | None = None  # the JVM options that map this test process's beeline archive
+_beeline_lock = threading.Lock()
+
+
+def beeline_argv(*args: str) -> list[str]:
+    """``java … org.apache.hive.beeline.BeeLine ARGS`` from pyspark's jars (found through
+    pyspark.__file__: .venv has no jars of its own). The beeline JVMs of a test process map one
+    class-data archive (the JDK's CDS, as catalogfs's own JVMs do: catalogfs/class_archive.py),
+    written once by a beeline that only tries a closed port; JVM messages go to stderr, so a
+    mismatch never reaches the csv output."""
+    import pyspark
+
+    global _beeline_archive
+    classpath = ["-cp", f"{Path(pyspark.__file__).parent / 'jars'}/*", "org.apache.hive.beeline.BeeLine"]
+    quiet = ["-Xlog:disable", "-Xlog:all=warning:stderr"]
+    with _beeline_lock:
+        if _beeline_archive is None:
+            folder = Path(tempfile.mkdtemp(prefix="catalogfs-test-beeline-"))
+            atexit.register(shutil.rmtree, folder, True)
+            archive = folder / "beeline.jsa"
+            (closed,) = free_ports(1)
+            try:
+                subprocess.run(["java", *quiet, f"-XX:ArchiveClassesAtExit={archive}", *classpath, "-u",
+                                f"jdbc:hive2://127.0.0.1:{closed}/default", "-n", "x", "-p", "x", "-e", "SELECT 1"],
+                               capture_output=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                archive.unlink(missing_ok=True)
+            _beeline_archive = [f"-XX:SharedArchiveFile={archive}"] if archive.is_file() else []
+    return ["java", *quiet, *_beeline_archive, *classpath, *args]
+
+
 def beeline_script(jdbc_url: str, folder: Path, statements: list[str], *,
                    login: tuple[str, str] | None = None) -> subprocess.CompletedProcess:
     """Each statement in turn on one connection (a file with --force: a refused one does not stop it),
     logged in as ``login`` (user, password) — the password in a 0600 file (``-w``), not in ``ps``."""
-    import pyspark
-
     script = folder / "statements.sql"
     script.write_text("".join(f"{statement};\n" for statement in statements))
-    jars = Path(pyspark.__file__).parent / "jars"
     credentials = []
     if login is not None:
         secret = folder / ".beeline-password"
         secret.touch(mode=0o600)
         secret.write_text(login[1])
         credentials = ["-n", login[0], "-w", str(secret)]
-    return subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u", jdbc_url,
-                           *credentials, "--silent=true", "--outputformat=csv2", "--force=true", "-f", str(script)],
+    return subprocess.run(beeline_argv("-u", jdbc_url, *credentials, "--silent=true", "--outputformat=csv2",
+                                       "--force=true", "-f", str(script)),
                           capture_output=True, text=True, timeout=180, env=server_env())
 
 

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from catalogfs.server_record import pid_alive, read_record
-from tests.helpers import beeline_csv_lines, free_ports, server_env
+from tests.helpers import beeline_argv, beeline_csv_lines, free_ports, server_env
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -53,11 +53,7 @@ def _catalogfs(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 def _beeline_args(url: str, user: str | None, password: str | None) -> list[str]:
-    import pyspark
-
-    jars = Path(pyspark.__file__).parent / "jars"
-    args = ["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u", url,
-            "--silent=true", "--outputformat=csv2", "--force=true"]
+    args = beeline_argv("-u", url, "--silent=true", "--outputformat=csv2", "--force=true")
     if user is not None:
         args += ["-n", user, "-p", password or ""]
     return args

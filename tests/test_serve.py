@@ -29,7 +29,8 @@ from catalogfs.config import DEFAULT_CONF_DIR, load_config
 from catalogfs.redaction import redact
 from catalogfs.server_auth import default_reader
 from catalogfs.server_record import ServerRecord, descends_from, pid_alive, read_record, record_path, write_record
-from tests.helpers import beeline_csv_lines as _csv_lines, beeline_script as _beeline_script, free_ports as _free_ports
+from tests.helpers import beeline_argv, beeline_csv_lines as _csv_lines, beeline_script as _beeline_script
+from tests.helpers import free_ports as _free_ports
 from tests.helpers import server_env as _env, stop_process_group as _stop_for_good, wait_until_served as _wait_until_ready
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -100,15 +101,10 @@ def server(tmp_path_factory):
 
 
 def _beeline(server: "Server", query: str) -> subprocess.CompletedProcess:
-    """beeline from pyspark's jars (found through pyspark.__file__: .venv has no jars of its own),
-    logged in as the reader the server made at its first start."""
-    import pyspark
-
-    jars = Path(pyspark.__file__).parent / "jars"
+    """beeline (tests/helpers.py), logged in as the reader the server made at its first start."""
     user, password = default_reader(server.root)
-    return subprocess.run(["java", "-cp", f"{jars}/*", "org.apache.hive.beeline.BeeLine", "-u",
-                           server.record().jdbc_url, "-n", user, "-p", password,
-                           "--silent=true", "--outputformat=csv2", "-e", query],
+    return subprocess.run(beeline_argv("-u", server.record().jdbc_url, "-n", user, "-p", password,
+                                       "--silent=true", "--outputformat=csv2", "-e", query),
                           capture_output=True, text=True, timeout=180, env=_env())
 
 
