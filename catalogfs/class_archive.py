@@ -39,6 +39,7 @@ import stat
 import time
 
 from catalogfs.permissions import ensure_private_dir
+from catalogfs.server_record import pid_alive
 
 __all__ = ["ARCHIVE_DIR_NAME", "LaunchPlan", "archive_dir", "archive_key", "current_archive", "finish_launch",
            "plan_launch"]
@@ -116,16 +117,6 @@ def _private(path: Path, *, regular: bool) -> bool:
     return kind_ok and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _conf_env(spark_home: Path, folder: Path) -> dict[str, str] | None:
     """Environment for spark-submit so that the JVM's class path has no non-empty folder: {} when
     the conf folder is missing or empty; an empty conf folder plus ``--properties-file`` when it
@@ -190,7 +181,7 @@ def _take_claim(claim: Path) -> bool:
                 age = time.time() - claim.stat().st_mtime
             except (OSError, ValueError):
                 holder, age = 0, CLAIM_STALE_SECONDS
-            if holder and _pid_alive(holder) and age < CLAIM_STALE_SECONDS:
+            if holder and pid_alive(holder) and age < CLAIM_STALE_SECONDS:
                 return False
             claim.unlink(missing_ok=True)
             continue
@@ -208,7 +199,7 @@ def _clean(folder: Path, keep: str) -> None:
             pid = int(dump.name.split(".")[1])
         except (IndexError, ValueError):
             pid = 0
-        if not pid or not _pid_alive(pid):
+        if not pid or not pid_alive(pid):
             dump.unlink(missing_ok=True)
     archives = sorted((path for path in folder.glob("*.jsa") if path.stem != keep),
                       key=lambda path: path.stat().st_mtime, reverse=True)
